@@ -2,12 +2,12 @@
 
 
 class EhrJaxError(Exception):
-  """A mistake the user can fix; the message names the file, column or config key."""
+    """A mistake the user can fix; the message names the file, column or config key."""
 
 
 class ConfigError(EhrJaxError):
-  """A config key has a value the code cannot use."""
+    """A config key has a value the code cannot use."""
 
 
 class DataError(EhrJaxError):
-  """An input dataset (MEDS, labels, prepared shards) is malformed."""
+    """An input dataset (MEDS, labels, prepared shards) is malformed."""

@@ -1,0 +1,63 @@
+"""Base config: one training run on built-in synthetic data. Presets start from this file.
+
+  python -m ehr_jax.main --config=configs/base.py --workdir=runs/base
+
+Durations: set exactly one of train.steps, train.tokens or train.flops (ehr_jax.train.optim
+turns it into steps). Every other preset changes a few fields of this one.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # parameter init and data order
+
+    config.data = ml_collections.ConfigDict()
+    config.data.meds_dir = ""  # MEDS dataset root; "" generates synthetic data into <workdir>/meds
+    config.data.prepared_dir = ""  # tokenized shards; "" means <workdir>/prepared (built if missing)
+    config.data.synthetic_subjects = 2000  # patients the synthetic generator writes when meds_dir is ""
+    config.data.synthetic_seed = 0  # seed of the synthetic generator
+    config.data.seq_len = 256  # tokens per training window (windows never span two patients)
+    config.data.num_workers = 0  # Grain worker processes (0: read in the training process)
+    config.data.min_code_count = 10  # codes seen fewer times in train become the unknown token
+    config.data.num_quantiles = 10  # value bins per numeric code (deciles), fitted on train
+    config.data.records_per_shard = 2000  # patients per ArrayRecord shard
+
+    config.model = ml_collections.ConfigDict()
+    config.model.size = "d64-l2"  # a name from ehr_jax.model.sizes.LADDER
+    config.model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16
+    config.model.n_kv_heads = 0  # grouped-query attention: KV heads (0: one per query head)
+    config.model.tie_embeddings = False  # share the input embedding with the output head
+    config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.global_batch_size = 16  # windows per step, across all processes
+    config.train.steps = 200  # run length in steps (0: derive from tokens or flops)
+    config.train.tokens = 0  # run length as a token budget (0: unused)
+    config.train.flops = 0.0  # run length as a training-FLOP budget, our FLOP count (0: unused)
+    config.train.lr = 0.0  # peak learning rate (0: the width rule in ehr_jax.train.optim)
+    config.train.warmup_frac = 0.05  # fraction of steps with linear warmup
+    config.train.min_lr_ratio = 0.1  # cosine decays to this fraction of the peak at the last step
+    config.train.weight_decay = 0.1  # AdamW decoupled weight decay
+    config.train.b2 = 0.95  # AdamW second-moment decay
+    config.train.grad_clip = 1.0  # global gradient-norm clip
+    config.train.log_every = 20  # steps between progress lines and TensorBoard points
+    config.train.eval_every = 100  # steps between validation losses (0: only at the end)
+    config.train.eval_tokens = 32768  # tuning-split tokens per validation loss (fixed windows)
+    config.train.checkpoint_every = 100  # steps between Orbax checkpoints
+    config.train.keep_checkpoints = 2  # checkpoints kept on disk
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); one -1 takes the rest
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.enabled = False  # run clinical evaluation after training
+    config.eval.tasks = ("mortality", "icu_admission", "long_stay", "readmission_30d")  # built-in tasks
+    config.eval.labels_dir = ""  # user label parquet root (TASK_ROOT/<task>/**.parquet); "" uses built-in tasks
+    config.eval.num_rollouts = 20  # sampled futures per case (ETHOS zero-shot)
+    config.eval.max_cases = 500  # held-out cases per task (0: all)
+    config.eval.max_new_tokens = 256  # rollout token cap
+    config.eval.probe = True  # also fit a linear probe on the representation at prediction time
+    config.eval.bootstrap = 1000  # bootstrap resamples (by subject) for 95% CIs
+    return config

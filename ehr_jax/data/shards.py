@@ -1,0 +1,147 @@
+"""Prepared-data storage: one ArrayRecord record per patient, plus manifest.json and vocab.json.
+
+A record holds a whole patient timeline so the loader can cut windows that never cross two
+patients (the paper's boundary-preserving batching) and evaluation can cut a history at any
+prediction time. Layout of one record (little-endian):
+
+    int64 subject_id | int32 n_prefix | int32 n_tokens | int32 tokens[n] | int64 times[n]
+
+`times` are seconds since the Unix epoch of the event each token belongs to (prefix tokens
+carry the first timed event's time; an interval token carries the time of the event after it),
+so "usable at prediction time t" is exactly `times <= t`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from array_record.python import array_record_module
+
+from ehr_jax.errors import DataError
+
+MANIFEST = "manifest.json"
+VOCAB = "vocab.json"
+SPLITS = ("train", "tuning", "held_out")
+_HEADER = np.dtype([("subject_id", "<i8"), ("n_prefix", "<i4"), ("n_tokens", "<i4")])
+
+
+@dataclasses.dataclass
+class PatientRecord:
+    """One patient's token timeline; `n_prefix` static tokens come first."""
+
+    subject_id: int
+    tokens: np.ndarray  # int32[n]
+    times: np.ndarray  # int64[n], seconds since epoch
+    n_prefix: int
+
+
+def encode_record(record: PatientRecord) -> bytes:
+    header = np.array([(record.subject_id, record.n_prefix, len(record.tokens))], dtype=_HEADER)
+    return (header.tobytes() + np.asarray(record.tokens, "<i4").tobytes()
+            + np.asarray(record.times, "<i8").tobytes())
+
+
+def decode_record(data: bytes) -> PatientRecord:
+    header = np.frombuffer(data, dtype=_HEADER, count=1)[0]
+    n = int(header["n_tokens"])
+    offset = _HEADER.itemsize
+    tokens = np.frombuffer(data, "<i4", count=n, offset=offset)
+    times = np.frombuffer(data, "<i8", count=n, offset=offset + 4 * n)
+    return PatientRecord(int(header["subject_id"]), tokens, times, int(header["n_prefix"]))
+
+
+def decode_tokens(data: bytes) -> tuple[np.ndarray, int]:
+    """Tokens and prefix length only: the loader's hot path skips subject ids and times."""
+    header = np.frombuffer(data, dtype=_HEADER, count=1)[0]
+    n = int(header["n_tokens"])
+    return np.frombuffer(data, "<i4", count=n, offset=_HEADER.itemsize), int(header["n_prefix"])
+
+
+def shard_path(prepared_dir: str | os.PathLike, split: str, index: int) -> Path:
+    return Path(prepared_dir) / split / f"shard-{index:05d}.array_record"
+
+
+def write_split(records: Iterable[PatientRecord], prepared_dir: str | os.PathLike, split: str,
+                records_per_shard: int) -> list[dict]:
+    """Writes records into numbered shards; returns the manifest's shard entries."""
+    (Path(prepared_dir) / split).mkdir(parents=True, exist_ok=True)
+    shards: list[dict] = []
+    writer, path, count, n_tokens = None, None, 0, 0
+    for record in records:
+        if writer is None:
+            path = shard_path(prepared_dir, split, len(shards))
+            writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+        writer.write(encode_record(record))
+        count += 1
+        n_tokens += len(record.tokens)
+        if count == records_per_shard:
+            shards.append(_close_shard(writer, path, count, n_tokens, prepared_dir))
+            writer, count, n_tokens = None, 0, 0
+    if writer is not None:
+        shards.append(_close_shard(writer, path, count, n_tokens, prepared_dir))
+    return shards
+
+
+def _close_shard(writer, path: Path, count: int, n_tokens: int, prepared_dir) -> dict:
+    writer.close()
+    return {"path": str(path.relative_to(prepared_dir)), "num_records": count,
+            "num_tokens": n_tokens, "sha256": file_sha256(path)}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_paths(prepared_dir: str | os.PathLike, split: str) -> list[str]:
+    """Shard paths of one split, in manifest order."""
+    manifest = read_manifest(prepared_dir)
+    if split not in manifest["splits"]:
+        raise DataError(f"{Path(prepared_dir) / MANIFEST}: no split {split!r}; "
+                        f"expected one of {sorted(manifest['splits'])}")
+    return [str(Path(prepared_dir) / s["path"]) for s in manifest["splits"][split]["shards"]]
+
+
+def iter_records(prepared_dir: str | os.PathLike, split: str) -> Iterator[PatientRecord]:
+    """Every patient of a split, in shard order (evaluation and tests; training uses Grain)."""
+    for path in split_paths(prepared_dir, split):
+        reader = array_record_module.ArrayRecordReader(path)
+        try:
+            for i in range(reader.num_records()):
+                yield decode_record(reader.read([i])[0])
+        finally:
+            reader.close()
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Writes JSON via a temp file and rename, so a kill never leaves half a file."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_manifest(prepared_dir: str | os.PathLike) -> dict:
+    path = Path(prepared_dir) / MANIFEST
+    if not path.exists():
+        raise DataError(f"{path}: no manifest; run `python -m ehr_jax.prepare` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_vocab(prepared_dir: str | os.PathLike) -> list[str]:
+    """Token strings; a token's id is its index."""
+    path = Path(prepared_dir) / VOCAB
+    if not path.exists():
+        raise DataError(f"{path}: no vocabulary; run `python -m ehr_jax.prepare` first")
+    return json.loads(path.read_text())["tokens"]
