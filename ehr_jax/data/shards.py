@@ -26,8 +26,10 @@ from array_record.python import array_record_module
 from ehr_jax.errors import DataError
 
 MANIFEST = "manifest.json"
+INDEX = "index.npy"  # per split: (n_tokens, n_prefix) of every record, in shard order
 VOCAB = "vocab.json"
 SPLITS = ("train", "tuning", "held_out")
+_INDEX = np.dtype([("n_tokens", "<i4"), ("n_prefix", "<i4")])
 _HEADER = np.dtype([("subject_id", "<i8"), ("n_prefix", "<i4"), ("n_tokens", "<i4")])
 
 
@@ -69,11 +71,16 @@ def shard_path(prepared_dir: str | os.PathLike, split: str, index: int) -> Path:
 
 def write_split(records: Iterable[PatientRecord], prepared_dir: str | os.PathLike, split: str,
                 records_per_shard: int) -> list[dict]:
-    """Writes records into numbered shards; returns the manifest's shard entries."""
+    """Writes records into numbered shards and the split's index; returns the shard entries.
+
+    The index lets the loader lay out training windows without reading every record.
+    """
     (Path(prepared_dir) / split).mkdir(parents=True, exist_ok=True)
     shards: list[dict] = []
+    lengths: list[tuple[int, int]] = []
     writer, path, count, n_tokens = None, None, 0, 0
     for record in records:
+        lengths.append((len(record.tokens), record.n_prefix))
         if writer is None:
             path = shard_path(prepared_dir, split, len(shards))
             writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
@@ -85,6 +92,7 @@ def write_split(records: Iterable[PatientRecord], prepared_dir: str | os.PathLik
             writer, count, n_tokens = None, 0, 0
     if writer is not None:
         shards.append(_close_shard(writer, path, count, n_tokens, prepared_dir))
+    np.save(Path(prepared_dir) / split / INDEX, np.array(lengths, dtype=_INDEX).reshape(-1))
     return shards
 
 
@@ -109,6 +117,14 @@ def split_paths(prepared_dir: str | os.PathLike, split: str) -> list[str]:
         raise DataError(f"{Path(prepared_dir) / MANIFEST}: no split {split!r}; "
                         f"expected one of {sorted(manifest['splits'])}")
     return [str(Path(prepared_dir) / s["path"]) for s in manifest["splits"][split]["shards"]]
+
+
+def read_index(prepared_dir: str | os.PathLike, split: str) -> np.ndarray:
+    """Structured array (n_tokens, n_prefix) of every record of a split, in shard order."""
+    path = Path(prepared_dir) / split / INDEX
+    if not path.exists():
+        raise DataError(f"{path}: missing; re-run `python -m ehr_jax.prepare` to rebuild the split")
+    return np.load(path)
 
 
 def iter_records(prepared_dir: str | os.PathLike, split: str) -> Iterator[PatientRecord]:
