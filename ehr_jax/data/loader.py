@@ -1,0 +1,257 @@
+"""Grain input pipeline: patient-bounded training windows, shuffled by seed, sliced per process.
+
+Window layout (the paper's boundary-preserving batching: a window never holds two patients).
+A patient record has tokens t[0..n) whose first `n_prefix` are static demographics. Positions
+1..n-1 are the predictable targets; within an epoch each is a target of exactly one window:
+
+- First window: inputs t[0 : e-1], targets t[1 : e] with e = min(seq_len + 1, n); mask 1 on
+  every real position (the prefix itself is predicted here, once).
+- Continuation windows carry the prefix first so the model always sees demographics. With
+  c = min(n_prefix, seq_len // 2) carried tokens and a the first new target position,
+  the window is the sequence  t[0:c] ++ t[a-1 : e]  with e = min(a + seq_len - c, n);
+  inputs are that sequence minus its last token, targets minus its first (so within a window
+  targets[j] == tokens[j+1]). The mask is 0 on the c prefix positions (their targets are
+  prefix tokens, or t[a-1], already counted elsewhere) and 1 on the seq_len - c positions
+  whose targets are t[a : e]. The next window starts at a = e.
+- A prefix longer than seq_len // 2 is truncated to its first seq_len // 2 tokens in
+  continuation windows, so every window still predicts at least half its length.
+- Short windows are right-padded with [PAD] = 0 in tokens and targets and 0 in mask.
+  Patients with fewer than 2 tokens have no targets and no windows.
+
+Order: window ids of the split form one epoch; global position g (batch i, row r:
+g = i * global_batch_size + r) maps to a window through Grain's per-epoch index shuffle seeded
+from (seed, g // epoch_length), so batch i is a pure function of (seed, i) and the data, and
+process p of P reads only rows [p*B/P, (p+1)*B/P) of it. The iterator's state is therefore just
+the step, which also lets a run resume with another number of workers or processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import grain
+import numpy as np
+from absl import logging
+
+from ehr_jax.data import shards
+from ehr_jax.errors import ConfigError, DataError
+
+Batch = dict[str, np.ndarray]
+_STATE_KEYS = ("seed", "seq_len", "global_batch_size", "num_windows")
+
+
+def _check_seq_len(seq_len: int) -> None:
+    if not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
+        raise ConfigError(f"data.seq_len must be an integer >= 2 (one input and one target "
+                          f"token per window); got {seq_len!r}")
+
+
+def _layout_windows(index: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
+    """Every window of a split as (record, carry, body_start, body_end) int32 columns.
+
+    A window is the token sequence t[0:carry] ++ t[body_start:body_end] of its record (see the
+    module docstring); vectorised so a MIMIC-sized split lays out in well under a second.
+    """
+    n = index["n_tokens"].astype(np.int64)
+    carry = np.minimum(index["n_prefix"].astype(np.int64), seq_len // 2)
+    stride = seq_len - carry  # new targets per continuation window, >= ceil(seq_len / 2)
+    targets = np.maximum(n - 1, 0)
+    rest = np.maximum(targets - seq_len, 0)
+    per_record = np.where(targets > 0, 1 + (rest + stride - 1) // stride, 0)
+    record = np.repeat(np.arange(len(n)), per_record)
+    first_window = np.repeat(np.cumsum(per_record) - per_record, per_record)
+    j = np.arange(len(record)) - first_window  # window number inside its record
+    is_first = j == 0
+    target_start = np.where(is_first, 1, seq_len + 1 + (j - 1) * stride[record])
+    body_end = np.minimum(np.where(is_first, seq_len + 1, target_start + stride[record]),
+                          n[record])
+    return {"record": record.astype(np.int32),
+            "carry": np.where(is_first, 0, carry[record]).astype(np.int32),
+            "body_start": (target_start - 1).astype(np.int32),
+            "body_end": body_end.astype(np.int32)}
+
+
+def num_windows(prepared_dir: str | os.PathLike, split: str, seq_len: int) -> int:
+    """Windows in one epoch of a split (from the index, without reading records)."""
+    _check_seq_len(seq_len)
+    return int(len(_layout_windows(shards.read_index(prepared_dir, split), seq_len)["record"]))
+
+
+class _WindowReader:
+    """Builds batches of windows from random-access patient records (picklable for workers)."""
+
+    def __init__(self, paths: list[str], windows: dict[str, np.ndarray], seq_len: int):
+        self._source = grain.sources.ArrayRecordDataSource(paths)
+        self._windows = windows
+        self._seq_len = seq_len
+
+    def __len__(self) -> int:
+        return len(self._windows["record"])
+
+    @property
+    def num_records(self) -> int:
+        return len(self._source)
+
+    def batch(self, window_ids: np.ndarray, num_rows: int) -> Batch:
+        """Rows for `window_ids`, then all-padding rows (mask 0) up to num_rows."""
+        w = self._windows
+        carry, start, end = w["carry"][window_ids], w["body_start"][window_ids], w["body_end"][window_ids]
+        seq_BxL1 = np.zeros((num_rows, self._seq_len + 1), np.int32)
+        for row, window in enumerate(window_ids):
+            tokens, _ = shards.decode_tokens(self._source[int(w["record"][window])])
+            c = carry[row]
+            seq_BxL1[row, :c] = tokens[:c]
+            seq_BxL1[row, c:c + end[row] - start[row]] = tokens[start[row]:end[row]]
+        lengths = np.zeros(num_rows, np.int64)  # inputs per row: sequence length minus one
+        lengths[:len(window_ids)] = carry + end - start - 1
+        first_target = np.zeros(num_rows, np.int64)
+        first_target[:len(window_ids)] = carry
+        position = np.arange(self._seq_len)
+        mask_BxL = (position >= first_target[:, None]) & (position < lengths[:, None])
+        return {"tokens": np.ascontiguousarray(seq_BxL1[:, :-1]),
+                "targets": np.ascontiguousarray(seq_BxL1[:, 1:]),
+                "mask": mask_BxL.astype(np.float32)}
+
+
+def _open_split(prepared_dir: str | os.PathLike, split: str, seq_len: int) -> _WindowReader:
+    """The split's window reader; DataError when it has no windows or a stale index."""
+    _check_seq_len(seq_len)
+    paths = shards.split_paths(prepared_dir, split)
+    index = shards.read_index(prepared_dir, split)
+    windows = _layout_windows(index, seq_len)
+    if not paths or len(windows["record"]) == 0:
+        raise DataError(f"{os.path.join(prepared_dir, shards.MANIFEST)}: split {split!r} has no "
+                        f"patient with 2 or more tokens, so there is nothing to train or "
+                        f"evaluate on; expected a non-empty split")
+    if np.any(index["n_prefix"] > seq_len // 2):
+        logging.warning("Some %s patients have a static prefix longer than seq_len // 2 = %d; "
+                        "continuation windows carry only its first %d tokens.",
+                        split, seq_len // 2, seq_len // 2)
+    reader = _WindowReader(paths, windows, seq_len)
+    if reader.num_records != len(index):
+        raise DataError(f"{os.path.join(prepared_dir, split, shards.INDEX)}: lists {len(index)} "
+                        f"patients but the shards hold {reader.num_records}; re-run "
+                        f"`python -m ehr_jax.prepare` to rebuild the split")
+    return reader
+
+
+class _LocalTrainBatch:
+    """step -> this process's rows of global batch `step`: the pure function resume relies on."""
+
+    def __init__(self, reader: _WindowReader, seed: int, global_batch_size: int,
+                 process_index: int, process_count: int):
+        # Mix the seed so that run seed s, epoch e+1 does not replay run seed s+1, epoch e
+        # (Grain seeds epoch e with seed + e).
+        mixed_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        self._order = grain.MapDataset.range(len(reader)).shuffle(seed=mixed_seed)
+        self._reader = reader
+        self._global_batch_size = global_batch_size
+        self._rows = global_batch_size // process_count
+        self._first_row = process_index * self._rows
+
+    def __call__(self, step: int) -> Batch:
+        first = step * self._global_batch_size + self._first_row
+        window_ids = np.array([self._order[g] for g in range(first, first + self._rows)])
+        return self._reader.batch(window_ids, self._rows)
+
+
+class TrainLoader:
+    """Infinite iterator of this process's batches; `get_state()` is a JSON-able dict."""
+
+    def __init__(self, make_batch: _LocalTrainBatch, fingerprint: dict[str, int],
+                 num_workers: int):
+        self._make_batch = make_batch
+        self._fingerprint = fingerprint
+        self._num_workers = num_workers
+        self._step = 0
+        self._iterator = None
+
+    def _start(self) -> None:
+        dataset = (grain.MapDataset.range(self._step, sys.maxsize).map(self._make_batch)
+                   .to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)))
+        if self._num_workers > 0:
+            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self._num_workers, per_worker_buffer_size=4))
+        self._iterator = iter(dataset)
+
+    def __iter__(self) -> TrainLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._iterator is None:
+            self._start()
+        batch = next(self._iterator)
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        """The next step plus what defines the order, so a mismatched resume fails loudly."""
+        return {"step": self._step, **self._fingerprint}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for key in _STATE_KEYS:
+            if int(state.get(key, -1)) != self._fingerprint[key]:
+                raise ConfigError(
+                    f"loader state from the checkpoint has {key}={state.get(key)!r} but this run "
+                    f"has {self._fingerprint[key]}; resume with the same seed, data.seq_len, "
+                    f"train.global_batch_size and prepared data")
+        self.close()
+        self._step = int(state["step"])
+
+    def close(self) -> None:
+        """Stops prefetch threads and worker processes (they restart on the next batch)."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+
+
+def _process_slot(global_batch_size: int, process_index: int | None,
+                  process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax  # only here: the loader itself needs no accelerator runtime
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise ConfigError(f"train.global_batch_size must be a positive multiple of the number "
+                          f"of processes ({process_count}); got {global_batch_size}")
+    if not 0 <= process_index < process_count:
+        raise ConfigError(f"process_index {process_index} is outside [0, {process_count})")
+    return process_index, process_count
+
+
+def train_loader(prepared_dir: str | os.PathLike, *, seq_len: int, global_batch_size: int,
+                 seed: int, process_index: int | None = None, process_count: int | None = None,
+                 num_workers: int = 0) -> TrainLoader:
+    """This process's share of the shuffled, infinite stream of train-split batches."""
+    process_index, process_count = _process_slot(global_batch_size, process_index, process_count)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer; got {seed!r}")
+    if num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0; got {num_workers}")
+    reader = _open_split(prepared_dir, "train", seq_len)
+    make_batch = _LocalTrainBatch(reader, int(seed), global_batch_size, process_index,
+                                  process_count)
+    fingerprint = {"seed": int(seed), "seq_len": int(seq_len),
+                   "global_batch_size": int(global_batch_size), "num_windows": len(reader)}
+    return TrainLoader(make_batch, fingerprint, num_workers)
+
+
+def eval_batches(prepared_dir: str | os.PathLike, split: str, *, seq_len: int, batch_size: int,
+                 max_tokens: int) -> list[Batch]:
+    """Fixed validation batches: the same windows in every run, no shuffle.
+
+    Takes k = min(num_windows, max(1, max_tokens // seq_len)) windows spread evenly over the
+    split (window ids floor(i * N / k)), so a small budget still samples many patients;
+    max_tokens <= 0 takes every window. The last batch is padded with mask-0 rows.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"eval batch_size must be >= 1; got {batch_size}")
+    reader = _open_split(prepared_dir, split, seq_len)
+    total = len(reader)
+    count = total if max_tokens <= 0 else min(total, max(1, max_tokens // seq_len))
+    window_ids = np.arange(count, dtype=np.int64) * total // count
+    return [reader.batch(window_ids[i:i + batch_size], batch_size)
+            for i in range(0, count, batch_size)]
