@@ -1,0 +1,59 @@
+"""Entry point: one command trains a run, or a whole sweep when the config has a grid.
+
+  python -m ehr_jax.main --config=configs/smoke.py --workdir=runs/smoke
+  python -m ehr_jax.main --config=configs/base.py --workdir=runs/x --config.train.steps=100
+
+Every process of a multi-host job runs this same command; rerunning it resumes from the workdir.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ehr_jax import parallel
+from ehr_jax.data import shards
+from ehr_jax.errors import EhrJaxError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run (or sweep) directory; resumes if it exists.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str) -> dict:
+    """Sweep if the config has a grid, else train one run (and evaluate it when enabled)."""
+    parallel.initialize_distributed()
+    logging.info("process %d/%d, %d local / %d global devices: %s", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.devices()[0].device_kind)
+    if "grid" in config:
+        from ehr_jax import sweep  # imported lazily: the sweep stage sits above training
+
+        return sweep.run(config, workdir)
+    from ehr_jax.train import trainer
+
+    summary = trainer.run(config, workdir)
+    if config.eval.enabled:
+        from ehr_jax.evaluation import runner
+
+        summary["evaluation"] = runner.evaluate(workdir, config)
+        if jax.process_index() == 0:  # summary.json stays the last file a run writes
+            shards.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    return summary
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except EhrJaxError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

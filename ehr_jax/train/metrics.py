@@ -1,0 +1,145 @@
+"""Run metrics: TensorBoard events, metrics.jsonl, the progress line, throughput and MFU.
+
+Throughput is timed only over training steps: compile steps and eval/checkpoint pauses are
+left out (big_vision's Chrono), so tokens/s and MFU describe the step itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import time
+from typing import Mapping
+
+import numpy as np
+from absl import logging
+
+
+class Chrono:
+    """Training-step clock that skips compile steps and pauses.
+
+    `mark(steps_done)` is called whenever a step is known to be finished (its metrics fetched);
+    the time between two marks counts towards throughput unless `pause()` came in between.
+    The first mark after construction or a pause only sets the reference, so the step that
+    compiles (or waits behind an eval) is never timed.
+    """
+
+    def __init__(self, total_steps: int, tokens_per_step: int, flops_per_step: float,
+                 peak_flops_total: float | None):
+        self.total_steps = total_steps
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_step = flops_per_step
+        self.peak_flops_total = peak_flops_total
+        self.timed_steps = 0
+        self.timed_s = 0.0
+        self._ref: tuple[float, int] | None = None
+        self._window = (0, 0.0)  # (timed_steps, timed_s) at the last `window_rates` call
+
+    def mark(self, steps_done: int) -> None:
+        now = time.perf_counter()
+        if self._ref is not None and steps_done > self._ref[1]:
+            self.timed_s += now - self._ref[0]
+            self.timed_steps += steps_done - self._ref[1]
+        self._ref = (now, steps_done)
+
+    def pause(self) -> None:
+        """The next interval holds non-training work (eval, checkpoint, compile): skip it."""
+        self._ref = None
+
+    def rates(self) -> dict:
+        """Cumulative tokens/s and MFU over all timed steps (0 before any)."""
+        return self._rates(self.timed_steps, self.timed_s)
+
+    def window_rates(self) -> dict:
+        """tokens/s and MFU since the previous call (for TensorBoard points)."""
+        steps = self.timed_steps - self._window[0]
+        seconds = self.timed_s - self._window[1]
+        self._window = (self.timed_steps, self.timed_s)
+        return self._rates(steps, seconds) if steps else self.rates()
+
+    def _rates(self, steps: int, seconds: float) -> dict:
+        if steps == 0 or seconds <= 0:
+            return {"tokens_per_s": 0.0, "flops_per_s": 0.0, "mfu": 0.0}
+        flops_per_s = steps * self.flops_per_step / seconds
+        return {"tokens_per_s": steps * self.tokens_per_step / seconds,
+                "flops_per_s": flops_per_s,
+                "mfu": mfu(flops_per_s, self.peak_flops_total)}
+
+    def eta_s(self, steps_done: int) -> float | None:
+        if self.timed_steps == 0:
+            return None
+        return (self.total_steps - steps_done) * self.timed_s / self.timed_steps
+
+
+def mfu(model_flops_per_s: float, peak_flops_total: float | None) -> float:
+    """Model FLOP utilisation: achieved model FLOP/s over (device peak x devices)."""
+    if not peak_flops_total:
+        return 0.0
+    return model_flops_per_s / peak_flops_total
+
+
+def format_progress(step: int, total: int, loss: float, rates: Mapping[str, float],
+                    eta_s: float | None) -> str:
+    eta = "?" if eta_s is None else str(datetime.timedelta(seconds=int(eta_s)))
+    return (f"step {step}/{total} ({100 * step / total:.1f}%) loss {loss:.4f} | "
+            f"{rates['tokens_per_s']:,.0f} tok/s | MFU {100 * rates['mfu']:.1f}% | ETA {eta}")
+
+
+class MetricsWriter:
+    """metrics.jsonl + TensorBoard events under the run dir; a no-op off process 0.
+
+    On resume, points after the restored step (written before a kill) are dropped from both,
+    so the curves of a resumed run equal those of an uninterrupted one.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter  # imported here: only process 0 writes
+
+        path = os.path.join(workdir, "metrics.jsonl")
+        _truncate_jsonl(path, resume_step)
+        self._jsonl = open(path, "a", encoding="utf-8")
+        self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"),
+                                 purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {key: _to_float(value) for key, value in scalars.items()}
+        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self._jsonl.flush()
+        for key, value in clean.items():
+            if value is not None:
+                self._tb.add_scalar(key, value, global_step=step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def _to_float(value) -> float | None:
+    value = float(np.asarray(value))
+    return value if math.isfinite(value) else None
+
+
+def _truncate_jsonl(path: str, keep_through_step: int) -> None:
+    """Drops lines for steps after `keep_through_step` (all lines when starting fresh)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= keep_through_step]
+    if len(kept) != len(lines):
+        logging.info("metrics: dropping %d points after step %d", len(lines) - len(kept),
+                     keep_through_step)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
