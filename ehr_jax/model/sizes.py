@@ -1,0 +1,179 @@
+"""The size ladder, exact parameter counts and the one FLOP convention of the study.
+
+Plain Python (no JAX at import) so sweeps, planners and analysis can count parameters and FLOPs
+without building a model. tests/test_sizes.py checks every count against the real NNX parameter
+tree and XLA's cost analysis.
+"""
+
+import dataclasses
+import functools
+import math
+import time
+
+from ehr_jax.errors import ConfigError
+
+FLOP_CONVENTION = (
+    "training FLOPs = 3 x forward matmul FLOPs (2 per multiply-add, output head included, "
+    "embedding lookup excluded), causal attention QK^T and AV counted at half (MaxText)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    """One rung: width, depth and the shape of attention and MLP (SwiGLU) per block."""
+
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    d_ff: int
+
+
+def _swiglu_ff(d_model: int) -> int:
+    """8/3 d (SwiGLU at the cost of a 4d MLP), rounded up to 64 (32 for the tiny rungs)."""
+    multiple = 64 if d_model >= 256 else 32
+    return multiple * math.ceil(8 * d_model / 3 / multiple)
+
+
+def _rung(d_model: int, n_layers: int, head_dim: int) -> ModelSize:
+    return ModelSize(
+        name=f"d{d_model}-l{n_layers}",
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=d_model // head_dim,
+        head_dim=head_dim,
+        d_ff=_swiglu_ff(d_model),
+    )
+
+
+# (d_model, n_layers, head_dim): depth and width grow together; head_dim 64 from d=192 up.
+# Tiny rungs (10k-1M non-embedding parameters) serve the CPU quickstart.
+_RUNGS = (
+    (32, 1, 16), (48, 2, 16), (64, 2, 16), (96, 3, 32), (128, 4, 32), (192, 4, 64),
+    (256, 6, 64), (320, 6, 64), (384, 8, 64), (512, 8, 64), (640, 10, 64), (768, 12, 64),
+    (1024, 14, 64), (1280, 16, 64), (1536, 18, 64), (1792, 20, 64), (2048, 20, 64),
+)
+LADDER: dict[str, ModelSize] = {s.name: s for s in (_rung(*r) for r in _RUNGS)}
+
+
+def get_size(name: str) -> ModelSize:
+    """The rung called `name`; a ConfigError lists the valid names."""
+    if name not in LADDER:
+        raise ConfigError(
+            f"config.model.size={name!r} is not a known size; expected one of: {', '.join(LADDER)}"
+        )
+    return LADDER[name]
+
+
+def kv_heads(size: ModelSize, n_kv_heads: int) -> int:
+    """0 means one KV head per query head; otherwise it must divide n_heads."""
+    if n_kv_heads <= 0:
+        return size.n_heads
+    if size.n_heads % n_kv_heads:
+        raise ConfigError(
+            f"config.model.n_kv_heads={n_kv_heads} must divide the {size.n_heads} heads of "
+            f"size {size.name}"
+        )
+    return n_kv_heads
+
+
+def _block_matmul_params(size: ModelSize, n_kv_heads: int) -> int:
+    """Weights of one block that take part in a matmul (attention + SwiGLU MLP)."""
+    d, k = size.d_model, size.head_dim
+    attention = d * k * (2 * size.n_heads + 2 * kv_heads(size, n_kv_heads))
+    return attention + 3 * d * size.d_ff
+
+
+def n_params(
+    size: ModelSize, vocab_size: int, *, n_kv_heads: int = 0, tie_embeddings: bool = False
+) -> tuple[int, int]:
+    """(total, non_embedding) parameters; non-embedding excludes input embedding and head."""
+    d = size.d_model
+    per_block = _block_matmul_params(size, n_kv_heads) + 2 * d  # two RMSNorm scales
+    non_embedding = size.n_layers * per_block + d  # final RMSNorm
+    embedding = vocab_size * d * (1 if tie_embeddings else 2)
+    return non_embedding + embedding, non_embedding
+
+
+def forward_flops_per_token(
+    size: ModelSize, vocab_size: int, seq_len: int, *, n_kv_heads: int = 0
+) -> float:
+    """Forward matmul FLOPs per token; causal attention at half (a token sees ~L/2 keys)."""
+    matmul = 2 * size.n_layers * _block_matmul_params(size, n_kv_heads)
+    head = 2 * size.d_model * vocab_size
+    # QK^T and AV: 2 x (2 L H K) per token for full attention; causal counts half of that.
+    attention = size.n_layers * 2 * seq_len * size.n_heads * size.head_dim
+    return float(matmul + head + attention)
+
+
+def flops_per_token(
+    size: ModelSize, vocab_size: int, seq_len: int, *, n_kv_heads: int = 0
+) -> float:
+    """Training FLOPs per token under FLOP_CONVENTION (backward = 2 x forward)."""
+    return 3.0 * forward_flops_per_token(size, vocab_size, seq_len, n_kv_heads=n_kv_heads)
+
+
+def flops_6nd(n_parameters: int, n_tokens: float) -> float:
+    """Kaplan/Chinchilla 6ND, kept beside our count so fits can say which they use."""
+    return 6.0 * n_parameters * n_tokens
+
+
+# Dense bf16 peak FLOP/s per chip, matched as a case-insensitive substring of jax's
+# device_kind (the longest match wins). Sources: NVIDIA H100/H200/A100 datasheets (SXM dense,
+# no sparsity); Google Cloud TPU docs (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e).
+DEVICE_PEAK_FLOPS: dict[str, float] = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,  # v5p reports itself as "TPU v5"
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "H100": 989e12,  # SXM
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
+
+
+def _known_peak(device_kind: str) -> float | None:
+    matches = [k for k in DEVICE_PEAK_FLOPS if k.lower() in device_kind.lower()]
+    return DEVICE_PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+@functools.cache
+def _measured_peak(platform: str, device_kind: str, n_local: int) -> float:
+    """Best of a few large matmuls on one device: the peak an unknown device kind reaches.
+
+    On CPU the fake devices of one host share its cores, so the host peak is split among them
+    (peak x devices stays the host's peak).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    device = jax.local_devices()[0]
+    dtype = jnp.float32 if platform == "cpu" else jnp.bfloat16
+    n = 1024 if platform == "cpu" else 8192
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    peak = 2.0 * n**3 / best
+    return peak / n_local if platform == "cpu" else peak
+
+
+def peak_flops(device=None) -> float:
+    """Peak FLOP/s of one device: the table for known kinds, else a measured matmul peak."""
+    import jax
+
+    device = device or jax.devices()[0]
+    known = _known_peak(device.device_kind)
+    if known is not None:
+        return known
+    return _measured_peak(device.platform, device.device_kind, jax.local_device_count())

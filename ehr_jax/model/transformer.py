@@ -1,0 +1,293 @@
+"""Llama-style decoder in Flax NNX: RMSNorm, RoPE, SwiGLU, causal (grouped-query) attention.
+
+Parameters are float32 and carry logical axis names only (embed, mlp, heads, ...); ehr_jax.parallel
+maps them onto a mesh. Compute runs in config.model.dtype and logits come back float32. A KV
+cache (prefill + decode_step, fixed shapes) serves zero-shot rollouts.
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ehr_jax.errors import ConfigError
+from ehr_jax.model import sizes
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the parameter tree and the forward computation."""
+
+    vocab_size: int
+    seq_len: int  # training window; prefill's default cache capacity adds this much room
+    size_name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    d_ff: int
+    n_kv_heads: int  # resolved: n_heads when the config says 0
+    tie_embeddings: bool = False
+    remat: bool = False
+    dtype: str = "float32"  # resolved compute dtype: float32 or bfloat16
+    attention: str = "xla"  # "cudnn" (flash attention on GPU with bf16) or "xla"
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+    @property
+    def size(self) -> sizes.ModelSize:
+        return sizes.get_size(self.size_name)
+
+
+def model_config(model_cfg, vocab_size: int, seq_len: int) -> ModelConfig:
+    """ModelConfig from config.model (size name, n_kv_heads, tie_embeddings, remat, dtype)."""
+    size = sizes.get_size(model_cfg.size)
+    dtype = model_cfg.get("dtype", "auto")
+    if dtype == "auto":
+        dtype = "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    if dtype not in _DTYPES:
+        raise ConfigError(f"config.model.dtype={dtype!r}; expected auto, float32 or bfloat16")
+    n_kv_heads = sizes.kv_heads(size, int(model_cfg.get("n_kv_heads", 0)))
+    if vocab_size < 1 or seq_len < 1:
+        raise ConfigError(f"vocab_size={vocab_size} and seq_len={seq_len} must be positive")
+    cudnn_ok = (
+        jax.default_backend() == "gpu" and dtype == "bfloat16"
+        and size.head_dim % 8 == 0 and size.head_dim <= 128
+    )
+    return ModelConfig(
+        vocab_size=vocab_size, seq_len=seq_len, size_name=size.name, d_model=size.d_model,
+        n_layers=size.n_layers, n_heads=size.n_heads, head_dim=size.head_dim, d_ff=size.d_ff,
+        n_kv_heads=n_kv_heads, tie_embeddings=bool(model_cfg.get("tie_embeddings", False)),
+        remat=bool(model_cfg.get("remat", False)), dtype=dtype,
+        attention="cudnn" if cudnn_ok else "xla",
+    )
+
+
+def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
+    """A float32 parameter annotated with logical axes; sharded later by ehr_jax.parallel."""
+    init = nnx.with_partitioning(init, axes, eager_sharding=False)
+    return nnx.Param(init(rngs.params(), shape, jnp.float32))
+
+
+def _fan_in(in_axis, out_axis, scale: float = 1.0):
+    return nnx.initializers.variance_scaling(scale, "fan_in", "truncated_normal", in_axis, out_axis)
+
+
+def rope_tables(positions, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """sin, cos of shape [B or 1, L, 1, head_dim/2] (float32) for integer positions [.., L]."""
+    positions = jnp.atleast_2d(positions).astype(jnp.float32)
+    inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions[..., None, None] * inv_freq
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x_BxLxHxK, sin, cos):
+    """Rotate the two halves of each head (Llama's rotate-half layout)."""
+    x = x_BxLxHxK.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxHxK.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, d_model: int, eps: float, *, rngs: nnx.Rngs):
+        self.scale = _param(rngs, nnx.initializers.ones, (d_model,), ("norm",))
+        self.eps = eps
+
+    def __call__(self, x_BxLxD):
+        x = x_BxLxD.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return (x * self.scale[...]).astype(x_BxLxD.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, kv, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = _param(rngs, _fan_in(0, (1, 2)), (d, h, k), ("embed", "heads", "head_dim"))
+        self.wk = _param(rngs, _fan_in(0, (1, 2)), (d, kv, k), ("embed", "kv_heads", "head_dim"))
+        self.wv = _param(rngs, _fan_in(0, (1, 2)), (d, kv, k), ("embed", "kv_heads", "head_dim"))
+        out_init = _fan_in((0, 1), 2, 1.0 / (2 * cfg.n_layers))  # residual branches add up
+        self.wo = _param(rngs, out_init, (h, k, d), ("heads", "head_dim", "embed"))
+        self.cfg = cfg
+
+    def _qkv(self, x_BxLxD, sin, cos):
+        dt = x_BxLxD.dtype
+        q = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wq[...].astype(dt))
+        k = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wk[...].astype(dt))
+        v = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wv[...].astype(dt))
+        return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
+
+    def _out(self, o_BxLxHxK):
+        return jnp.einsum("blhk,hkd->bld", o_BxLxHxK, self.wo[...].astype(o_BxLxHxK.dtype))
+
+    def __call__(self, x_BxLxD, sin, cos):
+        q, k, v = self._qkv(x_BxLxD, sin, cos)
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self._impl())
+        return self._out(o)
+
+    def _impl(self):
+        return self.cfg.attention if self.cfg.attention == "cudnn" else None
+
+    def prefill(self, x_BxPxD, sin, cos, mask_Bx1xPxP, capacity: int):
+        """Causal attention over a left-padded prompt; returns the output and K/V padded to capacity."""
+        q, k, v = self._qkv(x_BxPxD, sin, cos)
+        o = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xPxP, is_causal=True)
+        pad = ((0, 0), (0, capacity - k.shape[1]), (0, 0), (0, 0))
+        return self._out(o), jnp.pad(k, pad), jnp.pad(v, pad)
+
+    def decode(self, x_Bx1xD, sin, cos, k_cache, v_cache, valid_BxS, index):
+        """One new token: write its K/V at slot `index`, attend to every valid slot."""
+        q, k, v = self._qkv(x_Bx1xD, sin, cos)
+        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k, index, axis=1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v, index, axis=1)
+        mask = valid_BxS[:, None, None, :]
+        o = jax.nn.dot_product_attention(q, k_cache, v_cache, mask=mask)
+        return self._out(o), k_cache, v_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(x W_gate) * x W_up)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.d_ff
+        self.w_gate = _param(rngs, _fan_in(0, 1), (d, f), ("embed", "mlp"))
+        self.w_up = _param(rngs, _fan_in(0, 1), (d, f), ("embed", "mlp"))
+        self.w_down = _param(rngs, _fan_in(0, 1, 1.0 / (2 * cfg.n_layers)), (f, d), ("mlp", "embed"))
+
+    def __call__(self, x_BxLxD):
+        dt = x_BxLxD.dtype
+        gate_BxLxF = x_BxLxD @ self.w_gate[...].astype(dt)
+        up_BxLxF = x_BxLxD @ self.w_up[...].astype(dt)
+        return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ self.w_down[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BxLxD, sin, cos):
+        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), sin, cos)
+        return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+
+
+def _run_block(block: Block, x_BxLxD, sin, cos):
+    return block(x_BxLxD, sin, cos)
+
+
+_run_block_remat = nnx.remat(_run_block)  # recompute the block's activations in the backward pass
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys/values [B, S, KV, K] with capacity S; slots are shared across the batch."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    valid_BxS: jax.Array  # bool: slot holds a real token
+    pos_B: jax.Array  # int32 RoPE position of the next token (counts valid tokens only)
+    index: jax.Array  # int32 scalar: slot the next token is written to
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM: tokens [B, L] -> float32 logits [B, L, V]."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, vocab = cfg.d_model, cfg.vocab_size
+        # Tied: the table doubles as the head, so it is drawn at 1/sqrt(d) (unit-variance logits)
+        # and inputs are scaled back up by sqrt(d) (Gemma). Untied: unit-variance embeddings.
+        embed_std = 1.0 / math.sqrt(d) if cfg.tie_embeddings else 1.0
+        self.embed = _param(rngs, nnx.initializers.normal(embed_std), (vocab, d), ("vocab", "embed"))
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(d, cfg.norm_eps, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.head = _param(rngs, _fan_in(0, 1), (d, vocab), ("embed", "vocab"))
+
+    def _embed(self, tokens):
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
+        return x * math.sqrt(self.cfg.d_model) if self.cfg.tie_embeddings else x
+
+    def _logits(self, h_BxLxD):
+        w_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
+        w_DxV = w_DxV.astype(h_BxLxD.dtype)
+        return jnp.einsum("...d,dv->...v", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
+
+    def _hidden(self, tokens_BxL):
+        x = self._embed(tokens_BxL)
+        sin, cos = rope_tables(jnp.arange(tokens_BxL.shape[1]), self.cfg.head_dim, self.cfg.rope_theta)
+        run = _run_block_remat if self.cfg.remat else _run_block
+        for block in self.blocks:
+            x = run(block, x, sin, cos)
+        return self.final_norm(x)
+
+    def __call__(self, tokens_BxL):
+        return self._logits(self._hidden(tokens_BxL))
+
+    def hidden(self, tokens_BxL):
+        """Final-norm output (float32): the representation linear probes read."""
+        return self._hidden(tokens_BxL).astype(jnp.float32)
+
+    def prefill(self, tokens_BxP, valid_BxP=None, *, max_len: int | None = None):
+        """Run left-padded prompts; returns the last position's logits [B, V] and a KV cache.
+
+        max_len (static) is the cache capacity in tokens, prompt included (default P + seq_len);
+        decode_step must not be called more than max_len - P times. Every row needs at least one
+        valid token, and the last column must be valid (left padding).
+        """
+        b, p = tokens_BxP.shape
+        capacity = p + self.cfg.seq_len if max_len is None else max_len
+        if capacity < p:
+            raise ValueError(f"max_len={capacity} is shorter than the prompt length {p}")
+        if valid_BxP is None:
+            valid_BxP = jnp.ones((b, p), bool)
+        valid_BxP = valid_BxP.astype(bool)
+        positions_BxP = jnp.maximum(jnp.cumsum(valid_BxP, axis=1) - 1, 0)
+        sin, cos = rope_tables(positions_BxP, self.cfg.head_dim, self.cfg.rope_theta)
+        mask = valid_BxP[:, None, None, :]  # pads are never keys; causality comes from is_causal
+        x = self._embed(tokens_BxP)
+        ks, vs = [], []
+        for block in self.blocks:
+            o, k, v = block.attn.prefill(block.attn_norm(x), sin, cos, mask, capacity)
+            x = x + o
+            x = x + block.mlp(block.mlp_norm(x))
+            ks.append(k)
+            vs.append(v)
+        logits_BxV = self._logits(self.final_norm(x[:, -1]))
+        cache = KVCache(
+            k=tuple(ks), v=tuple(vs),
+            valid_BxS=jnp.pad(valid_BxP, ((0, 0), (0, capacity - p))),
+            pos_B=jnp.sum(valid_BxP, axis=1, dtype=jnp.int32),
+            index=jnp.asarray(p, jnp.int32),
+        )
+        return logits_BxV, cache
+
+    def decode_step(self, token_B, cache: KVCache):
+        """Append one token per row; returns its next-token logits [B, V] and the new cache."""
+        valid_BxS = jax.lax.dynamic_update_slice_in_dim(
+            cache.valid_BxS, jnp.ones((cache.valid_BxS.shape[0], 1), bool), cache.index, axis=1
+        )
+        sin, cos = rope_tables(cache.pos_B[:, None], self.cfg.head_dim, self.cfg.rope_theta)
+        x = self._embed(token_B[:, None])
+        ks, vs = [], []
+        for block, k_cache, v_cache in zip(self.blocks, cache.k, cache.v):
+            o, k, v = block.attn.decode(
+                block.attn_norm(x), sin, cos, k_cache, v_cache, valid_BxS, cache.index
+            )
+            x = x + o
+            x = x + block.mlp(block.mlp_norm(x))
+            ks.append(k)
+            vs.append(v)
+        logits_BxV = self._logits(self.final_norm(x[:, 0]))
+        new_cache = KVCache(tuple(ks), tuple(vs), valid_BxS, cache.pos_B + 1, cache.index + 1)
+        return logits_BxV, new_cache

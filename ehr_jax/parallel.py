@@ -1,0 +1,150 @@
+"""Mesh, sharding rules and multi-process start-up: the one place that knows about devices.
+
+Model code names logical axes only (embed, mlp, heads, ...). LOGICAL_AXIS_RULES maps them onto
+the mesh axes ("data", "fsdp", "tensor"): FSDP shards the embed dimension of every weight,
+tensor parallelism splits mlp/heads/vocab, and batches are split over data x fsdp. The same code
+runs on 1 CPU device, 8 fake ones, a GPU node or a TPU pod slice.
+"""
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import jax
+from absl import logging
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from ehr_jax.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("norm", None),  # RMSNorm scales: tiny, replicated
+)
+
+
+def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
+    """config.mesh.shape with its one -1 filled in; ConfigError when it cannot fit the devices."""
+    shape = tuple(int(s) for s in shape)
+    where = f"config.mesh.shape={shape} over axes {MESH_AXES} with {device_count} devices"
+    if len(shape) != len(MESH_AXES):
+        raise ConfigError(f"{where}: expected {len(MESH_AXES)} entries")
+    if shape.count(-1) > 1:
+        raise ConfigError(f"{where}: at most one entry may be -1")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ConfigError(f"{where}: entries must be positive or a single -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if device_count % known:
+            raise ConfigError(f"{where}: {known} does not divide the device count")
+        shape = tuple(device_count // known if s == -1 else s for s in shape)
+    if math.prod(shape) != device_count:
+        raise ConfigError(f"{where}: the product {math.prod(shape)} must equal the device count")
+    return shape
+
+
+def make_mesh(shape: Sequence[int]) -> Mesh:
+    """A Mesh over all (global) devices with axes MESH_AXES, every axis Auto (pjit semantics)."""
+    shape = mesh_shape(shape, jax.device_count())
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
+    """PartitionSpec for a tuple of logical axis names under LOGICAL_AXIS_RULES."""
+    rules = dict(LOGICAL_AXIS_RULES)
+    missing = [a for a in logical_axes if a is not None and a not in rules]
+    if missing:
+        raise KeyError(f"logical axes {missing} have no rule in LOGICAL_AXIS_RULES")
+    return PartitionSpec(*(rules[a] if a is not None else None for a in logical_axes))
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Replicate any dimension the mesh axes do not divide (e.g. an odd vocabulary size)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        ways = math.prod(mesh.shape[n] for n in names)
+        fitted.append(axes if ways > 1 and dim % ways == 0 else None)
+    return PartitionSpec(*fitted)
+
+
+def _variable_sharding(var: nnx.Variable, mesh: Mesh) -> NamedSharding:
+    logical = var.get_metadata().get("out_sharding") or ()
+    spec = logical_to_spec(logical) if logical else PartitionSpec()
+    return NamedSharding(mesh, _fit_spec(spec, var.shape, mesh))
+
+
+def state_shardings(state, mesh: Mesh):
+    """NamedShardings for an NNX state (model or optimizer), same tree structure as `state`.
+
+    Variables without logical axes (step counters, scalars) are replicated.
+    """
+
+    def one(x):
+        if isinstance(x, nnx.Variable):
+            return x.replace(_variable_sharding(x, mesh))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
+    """Move a model's state onto its NamedShardings in place (and return it)."""
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
+    return model
+
+
+def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
+    """Build a model directly on its shardings (no full host copy: large models, multi-host)."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
+    shardings = state_shardings(abstract_state, mesh)
+    state = jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension over data x fsdp, everything else replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+_EXPLICIT_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize_distributed(auto_detect: bool = False) -> None:
+    """Start jax.distributed when this is one of several processes, then log who we are.
+
+    Explicit: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES (> 1) and JAX_PROCESS_ID all set (the
+    localhost and generic-cluster path). auto_detect=True (or EHR_JAX_DISTRIBUTED=auto) lets JAX
+    detect SLURM / TPU pod / MPI itself. Otherwise a single process starts nothing.
+    """
+    env = os.environ
+    if jax.distributed.is_initialized():
+        pass
+    elif all(env.get(k) for k in _EXPLICIT_ENV) and int(env["JAX_NUM_PROCESSES"]) > 1:
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
+    elif auto_detect or env.get("EHR_JAX_DISTRIBUTED", "").lower() == "auto":
+        jax.distributed.initialize()
+    logging.info(
+        "process %d of %d; %d local / %d global devices (%s)",
+        jax.process_index(), jax.process_count(), jax.local_device_count(),
+        jax.device_count(), jax.devices()[0].device_kind,
+    )
