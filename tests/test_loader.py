@@ -36,7 +36,8 @@ LENGTHS_AND_PREFIXES = [(40, 3), (1, 1), (17, 3), (5, 2), (90, 12), (33, 0), (2,
 def prepared(tmp_path_factory) -> str:
     records = [_patient(k, n, p) for k, (n, p) in enumerate(LENGTHS_AND_PREFIXES)]
     tuning = [_patient(100 + k, n, p) for k, (n, p) in enumerate(LENGTHS_AND_PREFIXES[::-1])]
-    return _write_prepared(tmp_path_factory.mktemp("prepared"), {"train": records, "tuning": tuning})
+    root = tmp_path_factory.mktemp("prepared")
+    return _write_prepared(root, {"train": records, "tuning": tuning})
 
 
 def _take(iterator, count: int) -> list[dict]:

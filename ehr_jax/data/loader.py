@@ -97,7 +97,8 @@ class _WindowReader:
     def batch(self, window_ids: np.ndarray, num_rows: int) -> Batch:
         """Rows for `window_ids`, then all-padding rows (mask 0) up to num_rows."""
         w = self._windows
-        carry, start, end = w["carry"][window_ids], w["body_start"][window_ids], w["body_end"][window_ids]
+        carry, start = w["carry"][window_ids], w["body_start"][window_ids]
+        end = w["body_end"][window_ids]
         seq_BxL1 = np.zeros((num_rows, self._seq_len + 1), np.int32)
         for row, window in enumerate(window_ids):
             tokens, _ = shards.decode_tokens(self._source[int(w["record"][window])])
@@ -169,8 +170,10 @@ class TrainLoader:
         self._iterator = None
 
     def _start(self) -> None:
+        # One prefetch thread overlaps reading with the jitted step (which releases the GIL);
+        # more threads only contend for the GIL (measured: 4.0M tokens/s with 1, 3.3M with 4).
         dataset = (grain.MapDataset.range(self._step, sys.maxsize).map(self._make_batch)
-                   .to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)))
+                   .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)))
         if self._num_workers > 0:
             dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=self._num_workers, per_worker_buffer_size=4))
