@@ -1,0 +1,248 @@
+"""Sweep contracts with a fake trainer: grid expansion, names, skip-finished, failures, exactly-once."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from ehr_jax import grid, sweep
+from ehr_jax.errors import ConfigError
+from ehr_jax.model import sizes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 300
+TRAIN_TOKENS = 200_000
+
+
+def _config(**grid_overrides) -> ml_collections.ConfigDict:
+    """A small grid config; prepared data comes from _fake_prepare."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data = ml_collections.ConfigDict(
+        {"meds_dir": "", "prepared_dir": "", "synthetic_subjects": 10, "seq_len": 64})
+    config.model = ml_collections.ConfigDict(
+        {"size": "d64-l2", "n_kv_heads": 0, "tie_embeddings": False})
+    config.train = ml_collections.ConfigDict(
+        {"global_batch_size": 4, "steps": 200, "tokens": 0, "flops": 0.0})
+    config.eval = ml_collections.ConfigDict({"enabled": False})
+    config.grid = grid.default_grid()
+    config.grid.budgets = (1e11, 3e11)
+    config.grid.sizes = ("d32-l1", "d48-l2")
+    config.grid.min_steps = 10
+    config.grid.max_epochs = 100.0
+    config.grid.analysis = False
+    for key, value in grid_overrides.items():
+        config.grid[key] = value
+    return config
+
+
+def _fake_prepare(config, workdir):
+    prepared = os.path.join(workdir, "prepared")
+    os.makedirs(prepared, exist_ok=True)
+    manifest = {"vocab_size": VOCAB, "splits": {"train": {"num_tokens": TRAIN_TOKENS}}}
+    with open(os.path.join(prepared, "manifest.json"), "w") as handle:
+        json.dump(manifest, handle)
+    return prepared
+
+
+class FakeTrainer:
+    """Writes summary.json like the real trainer; can fail or die on chosen runs."""
+
+    def __init__(self, fail=(), die_after_summary=()):
+        self.calls, self.fail, self.die_after_summary = [], set(fail), set(die_after_summary)
+
+    def __call__(self, cfg, run_dir):
+        name = os.path.basename(run_dir)
+        self.calls.append(name)
+        assert cfg.train.flops == cfg.grid_point.budget and cfg.model.size == cfg.grid_point.size
+        if name in self.fail:
+            raise RuntimeError(f"boom in {name}")
+        os.makedirs(run_dir, exist_ok=True)
+        summary = {"run_name": name, "val_loss": 1.0, "flops": cfg.train.flops,
+                   "grid_point": cfg.grid_point.to_dict()}
+        with open(os.path.join(run_dir, "summary.json"), "w") as handle:
+            json.dump(summary, handle)
+        if name in self.die_after_summary:
+            raise KeyboardInterrupt  # a kill between summary.json and results.jsonl
+        return summary
+
+
+def _run(config, workdir, trainer, **kwargs):
+    return sweep.run(config, str(workdir), train_fn=trainer, prepare_fn=_fake_prepare, **kwargs)
+
+
+def _result_names(workdir):
+    return [line["run_name"] for line in sweep.read_results(str(workdir))]
+
+
+def test_grid_expansion_names_and_token_budgets():
+    runs = grid.expand(_config(), vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)
+    assert [r.name for r in runs] == ["c1e11-d32-l1", "c1e11-d48-l2", "c3e11-d32-l1",
+                                      "c3e11-d48-l2"]
+    for r in runs:
+        fpt = sizes.flops_per_token(sizes.get_size(r.size), VOCAB, 64)
+        assert r.tokens == pytest.approx(r.budget / fpt)
+        assert r.steps == round(r.tokens / (4 * 64))
+        assert r.epochs == pytest.approx(r.steps * 4 * 64 / TRAIN_TOKENS)
+    assert grid.budget_tag(2.5e11) == "c2.5e11" and grid.budget_tag(9.999e14) == "c1e15"
+
+
+def test_per_budget_and_auto_sizes():
+    per_budget = _config(sizes=(("d32-l1",), ("d48-l2", "d64-l2")))
+    names = [r.name for r in grid.expand(per_budget, vocab_size=VOCAB, train_tokens=1)]
+    assert names == ["c1e11-d32-l1", "c3e11-d48-l2", "c3e11-d64-l2"]
+    auto = _config(sizes=(), budgets=(1e12, 1e15), sizes_per_budget=3)
+    runs = grid.expand(auto, vocab_size=VOCAB, train_tokens=1)
+    small, large = [r.n_params for r in runs[:3]], [r.n_params for r in runs[3:]]
+    assert len(runs) == 6 and max(small) < min(large)  # auto sizes grow with the budget
+    with pytest.raises(ConfigError, match="config.grid.sizes"):
+        grid.expand(_config(sizes=(("d32-l1",),)), vocab_size=VOCAB, train_tokens=1)
+    with pytest.raises(ConfigError, match="d9-l9"):
+        grid.expand(_config(sizes=("d9-l9",)), vocab_size=VOCAB, train_tokens=1)
+
+
+def test_meaningless_runs_are_left_out_and_listed(tmp_path):
+    # d48-l2 at 1e11 has about 860 steps; at 3e11, d32-l1 passes over 200k tokens 10 times.
+    config = _config(min_steps=1000, max_epochs=5.0)
+    trainer = FakeTrainer()
+    _run(config, tmp_path, trainer)
+    skipped = json.loads((tmp_path / "skipped.json").read_text())
+    reasons = {s["name"]: s["skip_reason"] for s in skipped}
+    assert "min_steps" in reasons["c1e11-d48-l2"] and "max_epochs" in reasons["c3e11-d32-l1"]
+    assert sorted(trainer.calls) == sorted({"c1e11-d32-l1", "c3e11-d48-l2"})
+
+
+def test_run_config_is_a_single_run_with_its_grid_point():
+    point = grid.expand(_config(), vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)[1]
+    cfg = grid.run_config(_config(), point, "/abs/prepared")
+    assert "grid" not in cfg and cfg.model.size == "d48-l2"
+    assert (cfg.train.steps, cfg.train.tokens, cfg.train.flops) == (0, 0, 1e11)
+    assert cfg.grid_point.to_dict() == {"budget": 1e11, "size": "d48-l2"}
+    assert cfg.data.prepared_dir == "/abs/prepared"
+
+
+def test_finished_runs_are_skipped_and_results_hold_each_run_once(tmp_path):
+    first = FakeTrainer()
+    outcome = _run(_config(), tmp_path, first)
+    assert len(first.calls) == 4 and outcome["failed"] == []
+    second = FakeTrainer()
+    _run(_config(), tmp_path, second)
+    assert second.calls == []
+    assert sorted(_result_names(tmp_path)) == sorted(first.calls)
+    assert all(os.path.isdir(tmp_path / "runs" / name) for name in first.calls)
+
+
+def test_one_failing_run_does_not_stop_the_others(tmp_path):
+    with pytest.raises(sweep.SweepFailed, match="c1e11-d48-l2"):
+        _run(_config(), tmp_path, FakeTrainer(fail={"c1e11-d48-l2"}))
+    assert len(_result_names(tmp_path)) == 3
+    failure = json.loads((tmp_path / "failures.jsonl").read_text().splitlines()[0])
+    assert failure["run_name"] == "c1e11-d48-l2" and "boom" in failure["message"]
+    retry = FakeTrainer()
+    _run(_config(), tmp_path, retry)
+    assert retry.calls == ["c1e11-d48-l2"] and len(_result_names(tmp_path)) == 4
+
+
+def test_kill_between_summary_and_results_then_rerun_is_exactly_once(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _run(_config(), tmp_path, FakeTrainer(die_after_summary={"c1e11-d48-l2"}))
+    assert _result_names(tmp_path) == ["c1e11-d32-l1"]
+    rerun = FakeTrainer()
+    _run(_config(), tmp_path, rerun)
+    assert "c1e11-d48-l2" not in rerun.calls  # finished before the kill: not retrained
+    names = _result_names(tmp_path)
+    assert sorted(names) == sorted(set(names)) and len(names) == 4
+
+
+def test_kill_during_results_write_keeps_the_old_file(tmp_path, monkeypatch):
+    _run(_config(budgets=(1e11,)), tmp_path, FakeTrainer())
+    before = (tmp_path / "results.jsonl").read_text()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_config(), tmp_path, FakeTrainer())
+    assert (tmp_path / "results.jsonl").read_text() == before  # never half a line
+    monkeypatch.undo()
+    _run(_config(), tmp_path, FakeTrainer())
+    names = _result_names(tmp_path)
+    assert len(names) == 4 == len(set(names))
+
+
+def test_evaluation_runs_once_per_finished_run(tmp_path):
+    calls = []
+
+    def evaluate(run_dir, cfg):
+        calls.append(os.path.basename(run_dir))
+        return {"mortality": {"probe": {"auroc": 0.7}}}
+
+    config = _config(budgets=(1e11,))
+    config.eval.enabled = True
+    _run(config, tmp_path, FakeTrainer(), evaluate_fn=evaluate)
+    _run(config, tmp_path, FakeTrainer(), evaluate_fn=evaluate)
+    assert sorted(calls) == ["c1e11-d32-l1", "c1e11-d48-l2"]
+    for line in sweep.read_results(str(tmp_path)):
+        assert line["evaluation"]["mortality"]["probe"]["auroc"] == 0.7
+    summary = json.loads((tmp_path / "runs" / "c1e11-d32-l1" / "summary.json").read_text())
+    assert "evaluation" in summary
+
+
+def test_analysis_runs_at_the_end_and_its_failure_is_reported(tmp_path):
+    seen = []
+    config = _config(budgets=(1e11,), analysis=True)
+    _run(config, tmp_path, FakeTrainer(), report_fn=lambda results, out: seen.append((results, out)))
+    assert seen == [(str(tmp_path / "results.jsonl"), str(tmp_path / "analysis"))]
+
+    def broken(results, out):
+        raise ValueError("too few budgets")
+
+    with pytest.raises(sweep.SweepFailed, match="analysis"):
+        _run(config, tmp_path, FakeTrainer(), report_fn=broken)
+
+
+def test_only_runs_the_named_runs(tmp_path):
+    trainer = FakeTrainer()
+    _run(_config(only="c3e11-d48-l2"), tmp_path, trainer)
+    assert trainer.calls == ["c3e11-d48-l2"]
+    with pytest.raises(ConfigError, match="c9e9-d32-l1"):
+        _run(_config(only="c9e9-d32-l1"), tmp_path, trainer)
+
+
+def test_dry_run_commands_round_trip_through_config_flags(tmp_path, capsys):
+    config = _config(dry_run=True)
+    points = [p for p in grid.expand(config, vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)]
+    commands = sweep.print_commands(points, str(tmp_path), "/abs/prepared",
+                                    "configs/quickstart.py:tiny",
+                                    {"grid.dry_run": True, "train.lr": 0.001})
+    assert capsys.readouterr().out.splitlines() == commands
+    assert (tmp_path / "commands.txt").read_text().splitlines() == commands
+    argv = shlex.split(commands[2])
+    assert argv[:3] == ["python", "-m", "ehr_jax.main"]
+    # Parse the command's flags the way main does (config_flags needs the global FLAGS).
+    parse = ("import sys, json; from absl import flags; from ml_collections import config_flags;"
+             "c = config_flags.DEFINE_config_file('config'); flags.DEFINE_string('workdir', '', '');"
+             "flags.FLAGS(sys.argv); print(json.dumps([c.value.grid.only, c.value.grid.dry_run,"
+             " c.value.train.lr, c.value.data.prepared_dir, flags.FLAGS.workdir]))")
+    out = subprocess.run([sys.executable, "-c", parse] + argv[3:], capture_output=True,
+                         text=True, check=True, cwd=REPO).stdout
+    assert json.loads(out) == ["c3e11-d32-l1", False, 0.001, "/abs/prepared", str(tmp_path)]
+
+
+def test_dry_run_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "_config_flag", lambda: ("configs/quickstart.py", {}))
+    trainer = FakeTrainer()
+    outcome = _run(_config(dry_run=True), tmp_path, trainer)
+    assert trainer.calls == [] and len(outcome["commands"]) == 4
+
+
+def test_missing_meds_dir_without_synthetic_data_is_a_config_error(tmp_path):
+    config = _config()
+    config.data.synthetic_subjects = 0
+    with pytest.raises(ConfigError, match="config.data.meds_dir"):
+        _run(config, tmp_path, FakeTrainer())
