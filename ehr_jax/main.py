@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ehr_jax import parallel
+from ehr_jax import sweep  # noqa: F401  defines --dry_run before flags are parsed
 from ehr_jax.data import shards
 from ehr_jax.errors import EhrJaxError
 
