@@ -1,0 +1,77 @@
+"""Fits the tokenizer on the train split in one streaming pass with bounded memory.
+
+Per file we add code counts and push numeric values into a per-code reservoir: a
+deterministic bottom-k sample (the RESERVOIR_SIZE values with the smallest hash of their row),
+which is a uniform sample that does not depend on file order. Memory is bounded by
+distinct codes x RESERVOIR_SIZE, not by dataset size. Hashes are stable within one polars
+version, so refits on the same data give the same bins.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Iterable
+
+import numpy as np
+import polars as pl
+from absl import logging
+
+from ehr_jax.data import tokenize
+
+RESERVOIR_SIZE = 1024  # numeric values kept per code for its quantile edges
+_HASH_SEED = 20251129
+
+
+def fit(train_frames: Iterable[pl.DataFrame], *, min_code_count: int,
+        num_quantiles: int) -> tokenize.Tokenizer:
+    """Vocabulary (tokens seen >= min_code_count times in train) and per-code quantile edges."""
+    counts: pl.DataFrame | None = None
+    reservoir: pl.DataFrame | None = None
+    for frame in train_frames:
+        rows, _, _ = tokenize.tokenizable_rows(frame)
+        valued = pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_finite()
+        file_counts = rows.group_by("code").agg(n=pl.len(), n_values=valued.sum())
+        counts = file_counts if counts is None else _sum_counts(counts, file_counts)
+        sample = rows.filter(valued).select(
+            "code", pl.col("numeric_value").alias("value"),
+            pl.struct("subject_id", "time", "code", "numeric_value").hash(_HASH_SEED).alias("key"))
+        reservoir = _bottom_k(sample if reservoir is None else pl.concat([reservoir, sample]))
+    if counts is None or counts.height == 0:
+        return tokenize.Tokenizer(tokenize.fixed_tokens(num_quantiles), num_quantiles, frozenset(), {})
+    counts = counts.sort("code")
+    numeric = set(counts.filter(pl.col("n_values") > 0)["code"].to_list())
+    token_counts: collections.Counter = collections.Counter()
+    for code, n in zip(counts["code"].to_list(), counts["n"].to_list()):
+        for token in tokenize.split_code(code, code in numeric):
+            token_counts[token] += n
+    fixed = tokenize.fixed_tokens(num_quantiles)
+    fixed_set = set(fixed)
+    kept = sorted((t for t, n in token_counts.items() if n >= min_code_count and t not in fixed_set),
+                  key=lambda t: (-token_counts[t], t))
+    logging.info("Vocabulary: %d of %d code tokens seen >= %d times in train; %d numeric codes",
+                 len(kept), len(token_counts), min_code_count, len(numeric))
+    kept_set = set(kept)
+    edges = _quantile_edges(reservoir, {c for c in numeric if c in kept_set}, num_quantiles)
+    return tokenize.Tokenizer(fixed + kept, num_quantiles, frozenset(numeric), edges)
+
+
+def _sum_counts(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat([a, b]).group_by("code").agg(pl.col("n").sum(), pl.col("n_values").sum())
+
+
+def _bottom_k(sample: pl.DataFrame) -> pl.DataFrame:
+    """Keeps the RESERVOIR_SIZE smallest keys per code (ties broken by value, then order)."""
+    return (sample.sort("code", "key", "value")
+            .filter(pl.int_range(pl.len()).over("code") < RESERVOIR_SIZE))
+
+
+def _quantile_edges(reservoir: pl.DataFrame | None, codes: set[str], num_quantiles: int) -> dict:
+    """num_quantiles - 1 ascending edges per code: value v falls in bin 1 + #(edges <= v)."""
+    if reservoir is None or not codes or num_quantiles < 2:
+        return {}
+    probs = np.arange(1, num_quantiles) / num_quantiles
+    edges = {}
+    grouped = reservoir.filter(pl.col("code").is_in(sorted(codes))).group_by("code").agg("value")
+    for code, values in zip(grouped["code"].to_list(), grouped["value"].to_list()):
+        edges[code] = np.quantile(np.asarray(values, np.float64), probs).astype(np.float32)
+    return edges
