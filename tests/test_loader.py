@@ -206,3 +206,11 @@ def test_missing_manifest_empty_split_and_bad_settings(tmp_path, prepared):
         loader.num_windows(prepared, "train", 1)
     with pytest.raises(DataError, match="held_out"):
         loader.eval_batches(prepared, "held_out", seq_len=SEQ_LEN, batch_size=2, max_tokens=0)
+
+
+def test_process_defaults_come_from_jax(prepared):
+    """On one JAX process the defaults give the whole global batch."""
+    implicit = loader.train_loader(prepared, seq_len=SEQ_LEN, global_batch_size=4, seed=5)
+    explicit = loader.train_loader(prepared, seq_len=SEQ_LEN, global_batch_size=4, seed=5,
+                                   process_index=0, process_count=1)
+    _assert_batches_equal(_take(implicit, 2), _take(explicit, 2))
