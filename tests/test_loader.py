@@ -214,3 +214,10 @@ def test_process_defaults_come_from_jax(prepared):
     explicit = loader.train_loader(prepared, seq_len=SEQ_LEN, global_batch_size=4, seed=5,
                                    process_index=0, process_count=1)
     _assert_batches_equal(_take(implicit, 2), _take(explicit, 2))
+
+
+def test_set_state_rejects_a_malformed_state(prepared):
+    iterator = loader.train_loader(prepared, seq_len=SEQ_LEN, global_batch_size=4, seed=1,
+                                   process_index=0, process_count=1)
+    with pytest.raises(ConfigError, match="step"):
+        iterator.set_state({**iterator.get_state(), "step": None})

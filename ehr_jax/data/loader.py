@@ -194,14 +194,18 @@ class TrainLoader:
         return {"step": self._step, **self._fingerprint}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        step = state.get("step")
+        if not isinstance(step, (int, np.integer)) or step < 0:
+            raise ConfigError(f"loader state from the checkpoint has step={step!r}; expected a "
+                              f"non-negative integer (a state saved by TrainLoader.get_state)")
         for key in _STATE_KEYS:
-            if int(state.get(key, -1)) != self._fingerprint[key]:
+            if state.get(key) != self._fingerprint[key]:
                 raise ConfigError(
                     f"loader state from the checkpoint has {key}={state.get(key)!r} but this run "
                     f"has {self._fingerprint[key]}; resume with the same seed, data.seq_len, "
                     f"train.global_batch_size and prepared data")
         self.close()
-        self._step = int(state["step"])
+        self._step = int(step)
 
     def close(self) -> None:
         """Stops prefetch threads and worker processes (they restart on the next batch)."""
@@ -228,7 +232,12 @@ def _process_slot(global_batch_size: int, process_index: int | None,
 def train_loader(prepared_dir: str | os.PathLike, *, seq_len: int, global_batch_size: int,
                  seed: int, process_index: int | None = None, process_count: int | None = None,
                  num_workers: int = 0) -> TrainLoader:
-    """This process's share of the shuffled, infinite stream of train-split batches."""
+    """This process's share of the shuffled, infinite stream of train-split batches.
+
+    num_workers > 0 moves batch building into Grain worker processes (spawned, so the calling
+    program must guard its entry point, as absl's app.run does); batches are identical either
+    way. Call close() when done to stop prefetching.
+    """
     process_index, process_count = _process_slot(global_batch_size, process_index, process_count)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer; got {seed!r}")
