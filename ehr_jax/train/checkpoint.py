@@ -7,6 +7,7 @@ uninterrupted run would have read: together they make kill-and-resume bit-exact 
 from __future__ import annotations
 
 import dataclasses
+import logging as std_logging
 import os
 from typing import Any
 
@@ -15,6 +16,16 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from ehr_jax.errors import ConfigError
+
+
+class _QuietOrbaxInfo(std_logging.Filter):
+    """Orbax logs a dozen INFO lines per save; keep its warnings, drop the chatter."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno > std_logging.INFO or "orbax" not in record.pathname
+
+
+logging.get_absl_logger().addFilter(_QuietOrbaxInfo())
 
 
 @dataclasses.dataclass

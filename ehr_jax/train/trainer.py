@@ -1,0 +1,392 @@
+"""One training run: mesh -> data -> model and optimizer -> restore -> loop -> summary.json.
+
+The run is a pure function of its config: batch i depends only on (seed, i) and the checkpoint
+carries parameters, optimizer state and the loader position together, so rerunning the same
+command after a kill continues exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from ehr_jax import parallel, prepare
+from ehr_jax.data import loader as data_loader
+from ehr_jax.data import shards
+from ehr_jax.errors import ConfigError, EhrJaxError
+from ehr_jax.model import sizes, transformer
+from ehr_jax.train import checkpoint, metrics, optim
+
+Batch = dict[str, np.ndarray]
+
+
+class NonFiniteLossError(EhrJaxError):
+    """Training diverged; the last good checkpoint is kept so the run can be retried."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one run will do, fixed before the first step."""
+
+    steps: int
+    global_batch_size: int
+    seq_len: int
+    peak_lr: float
+    flops_per_token: float
+    n_params: int
+    n_params_non_embedding: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) the run in `workdir` and returns its summary (also summary.json)."""
+    wall_start = time.perf_counter()
+    workdir = os.path.abspath(workdir)
+    is_writer = jax.process_index() == 0
+    mesh = parallel.make_mesh(tuple(config.mesh.shape))
+
+    # Data: prepared once (process 0 writes), then every process reads its rows of each batch.
+    prepared_dir = prepare.ensure_prepared(config, workdir)
+    manifest = shards.read_manifest(prepared_dir)
+    model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
+    plan = make_plan(config, model_cfg)
+    loader = data_loader.train_loader(
+        prepared_dir, seq_len=plan.seq_len, global_batch_size=plan.global_batch_size,
+        seed=config.seed, num_workers=config.data.num_workers)
+    val_batches = data_loader.eval_batches(
+        prepared_dir, "tuning", seq_len=plan.seq_len, batch_size=plan.global_batch_size,
+        max_tokens=config.train.eval_tokens)
+    if is_writer:
+        os.makedirs(workdir, exist_ok=True)
+        shards.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+
+    # Model and optimizer, created directly in their shardings (explicit shardings on every
+    # jit, so no ambient mesh is needed).
+    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    graphdef, state, state_sharding = init_state(model_cfg, tx, mesh, config.seed)
+    batch_sharding = parallel.batch_sharding(mesh)
+    schedule = optim.learning_rate_schedule(
+        plan.peak_lr, plan.steps, config.train.warmup_frac, config.train.min_lr_ratio)
+    train_step = make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    eval_step = make_eval_step(graphdef, state_sharding, batch_sharding)
+
+    # Restore: parameters, optimizer state and loader position come back together.
+    checkpointer = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    restored = checkpointer.restore_latest(checkpoint.abstract_like(state))
+    meta: dict = {}
+    if restored is not None:
+        if restored.step > plan.steps:
+            raise ConfigError(f"{checkpointer.directory} holds step {restored.step}, past "
+                              f"this config's {plan.steps} steps; use a fresh --workdir")
+        state, meta = restored.state, restored.meta
+        loader.set_state(restored.loader_state)
+    start_step = restored.step if restored is not None else 0
+    logging.info("run %s: %d params (%d non-embedding), %d steps of %d tokens, peak lr %.2e, "
+                 "starting at step %d", os.path.basename(workdir), plan.n_params,
+                 plan.n_params_non_embedding, plan.steps, plan.tokens_per_step, plan.peak_lr,
+                 start_step)
+
+    # Loop.
+    peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
+    chrono = metrics.Chrono(plan.steps, plan.tokens_per_step,
+                            plan.tokens_per_step * plan.flops_per_token, peak_total)
+    writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
+    loop = TrainLoop(plan, config.train, train_step, eval_step, loader, val_batches,
+                     batch_sharding, checkpointer, writer, chrono, meta)
+    try:
+        state = loop.run(state, start_step)
+        # Final validation and loss by token type on the same fixed tuning windows.
+        val = validation_losses(eval_step, state, val_batches, batch_sharding)
+    finally:
+        loader.close()
+        checkpointer.close()
+    type_names = _token_type_names(prepared_dir)
+    writer.write(plan.steps, {"val_loss": val.mean})
+    writer.close()
+
+    wall_s = meta.get("wall_s", 0.0) + time.perf_counter() - wall_start
+    summary = build_summary(config, workdir, plan, model_cfg, manifest, loop, val, type_names,
+                            wall_s, num_windows=data_loader.num_windows(
+                                prepared_dir, "train", plan.seq_len))
+    if is_writer:  # summary.json last: a run dir holding it is done for the sweep
+        shards.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    return summary
+
+
+def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelConfig) -> Plan:
+    """Counts and run length from the config, in the study's one FLOP convention."""
+    size = model_cfg.size
+    flops_per_token = sizes.flops_per_token(size, model_cfg.vocab_size, model_cfg.seq_len,
+                                            n_kv_heads=model_cfg.n_kv_heads)
+    total, non_embedding = sizes.n_params(size, model_cfg.vocab_size,
+                                          n_kv_heads=model_cfg.n_kv_heads,
+                                          tie_embeddings=model_cfg.tie_embeddings)
+    batch = int(config.train.global_batch_size)
+    steps = optim.num_steps(config.train, tokens_per_step=batch * model_cfg.seq_len,
+                            flops_per_token=flops_per_token)
+    return Plan(steps=steps, global_batch_size=batch, seq_len=model_cfg.seq_len,
+                peak_lr=optim.peak_learning_rate(config.train, size.d_model),
+                flops_per_token=flops_per_token, n_params=total,
+                n_params_non_embedding=non_embedding)
+
+
+def init_state(model_cfg: transformer.ModelConfig, tx: optax.GradientTransformation,
+               mesh: jax.sharding.Mesh, seed: int) -> tuple[nnx.GraphDef, nnx.State, Any]:
+    """(graphdef, state, state shardings) of model + optimizer, initialised in place.
+
+    Initialising under jit with out_shardings means no host ever holds the whole model.
+    """
+    def create():
+        model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
+    state_sharding = parallel.state_shardings(abstract_state, mesh)
+    state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sharding)()
+    return graphdef, state, state_sharding
+
+
+def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
+                        mask_BxL: jax.Array) -> jax.Array:
+    """Per-position cross-entropy (float32), zero where the mask is 0."""
+    losses_BxL = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxLxV.astype(jnp.float32), targets_BxL)
+    return losses_BxL * mask_BxL
+
+
+def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any,
+                    schedule: optax.Schedule) -> Callable:
+    """jit'd (state, batch) -> (state, metrics); the state is donated (updated in place)."""
+    def train_step(state, batch):
+        model, optimizer = nnx.merge(graphdef, state)
+
+        def loss_fn(model):
+            logits_BxLxV = model(batch["tokens"])
+            losses_BxL = masked_token_losses(logits_BxLxV, batch["targets"], batch["mask"])
+            n_targets = batch["mask"].sum()
+            return losses_BxL.sum() / jnp.maximum(n_targets, 1.0), n_targets
+
+        (loss, n_targets), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        lr = schedule(optimizer.step[...])
+        optimizer.update(model, grads)
+        step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
+                        "target_tokens": n_targets}
+        return nnx.state((model, optimizer)), step_metrics
+
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any) -> Callable:
+    """jit'd (state, batch) -> per-position masked losses, replicated to every process."""
+    def eval_step(state, batch):
+        model, _ = nnx.merge(graphdef, state)
+        return masked_token_losses(model(batch["tokens"]), batch["targets"], batch["mask"])
+
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=replicated)
+
+
+def local_batch_to_global(batch: Batch, sharding: Any, global_batch_size: int) -> dict:
+    """This process's rows of a batch -> global arrays sharded over the batch axes."""
+    return {key: jax.make_array_from_process_local_data(
+        sharding, value, (global_batch_size, *value.shape[1:])) for key, value in batch.items()}
+
+
+def full_batch_to_global(batch: Batch, sharding: Any) -> dict:
+    """A batch every process holds whole (eval) -> global arrays; each keeps its own rows."""
+    return {key: jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+            for key, value in batch.items()}
+
+
+@dataclasses.dataclass
+class ValLosses:
+    """Validation losses over the fixed tuning windows."""
+
+    mean: float  # token-weighted mean cross-entropy
+    sum_by_target: np.ndarray  # float64[vocab]: summed loss per target token id
+    count_by_target: np.ndarray  # int64[vocab]: target positions per token id
+
+
+def validation_losses(eval_step: Callable, state: Any, batches: list[Batch],
+                      sharding: Any) -> ValLosses:
+    sums, counts = None, None
+    for batch in batches:
+        losses_BxL = np.asarray(jax.device_get(eval_step(state, full_batch_to_global(batch, sharding))))
+        mask = batch["mask"] > 0
+        targets = batch["targets"][mask]
+        vocab = int(targets.max(initial=0)) + 1
+        batch_sums = np.bincount(targets, weights=losses_BxL[mask].astype(np.float64), minlength=vocab)
+        batch_counts = np.bincount(targets, minlength=vocab)
+        sums = batch_sums if sums is None else _add_padded(sums, batch_sums)
+        counts = batch_counts if counts is None else _add_padded(counts, batch_counts)
+    total = float(counts.sum()) if counts is not None else 0.0
+    mean = float(sums.sum() / total) if total else math.nan
+    return ValLosses(mean, sums, counts)
+
+
+def _add_padded(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    n = max(len(a), len(b))
+    return np.pad(a, (0, n - len(a))) + np.pad(b, (0, n - len(b)))
+
+
+class TrainLoop:
+    """The step loop: dispatch step t, then read step t-1's metrics (one step late)."""
+
+    def __init__(self, plan: Plan, train_cfg: ml_collections.ConfigDict, train_step: Callable,
+                 eval_step: Callable, loader: Any, val_batches: list[Batch], batch_sharding: Any,
+                 checkpointer: checkpoint.Checkpointer, writer: metrics.MetricsWriter,
+                 chrono: metrics.Chrono, meta: dict):
+        self.plan, self.cfg = plan, train_cfg
+        self.train_step, self.eval_step = train_step, eval_step
+        self.loader, self.val_batches, self.batch_sharding = loader, val_batches, batch_sharding
+        self.checkpointer, self.writer, self.chrono = checkpointer, writer, chrono
+        window = max(1, min(int(train_cfg.log_every), plan.steps))
+        self.recent_losses = collections.deque(meta.get("recent_losses", []), maxlen=window)
+        self.target_tokens = int(meta.get("target_tokens", 0))
+        self.prior_wall_s = float(meta.get("wall_s", 0.0))
+        self.session_start = time.perf_counter()
+        self.val_loss = meta.get("val_loss")
+
+    def run(self, state: Any, start_step: int) -> Any:
+        pending = None  # (steps done, device metrics) of the step in flight
+        for step in range(start_step, self.plan.steps):
+            batch = local_batch_to_global(next(self.loader), self.batch_sharding,
+                                          self.plan.global_batch_size)
+            state, step_metrics = self.train_step(state, batch)
+            if pending is not None:
+                self.record(*pending)
+            pending = (step + 1, step_metrics)
+            done = step + 1
+            eval_due = bool(self.cfg.eval_every) and done % self.cfg.eval_every == 0
+            save_due = done % self.cfg.checkpoint_every == 0 or done == self.plan.steps
+            if (eval_due and done < self.plan.steps) or save_due:
+                self.record(*pending)  # also the NaN check before anything is saved
+                pending = None
+                if eval_due and done < self.plan.steps:
+                    self.validate(state, done)
+                if save_due:
+                    self.save(state, done)
+                self.chrono.pause()
+        if pending is not None:
+            self.record(*pending)
+        return state
+
+    def record(self, step: int, step_metrics: dict) -> None:
+        values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
+        if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+            self.checkpointer.wait()
+            raise NonFiniteLossError(
+                f"training loss {values['loss']} / gradient norm {values['grad_norm']} at step "
+                f"{step} is not finite; the last good checkpoint (step "
+                f"{self.checkpointer.latest_step()}) is kept. Lower train.lr or raise "
+                f"train.warmup_frac and rerun with a fresh --workdir.")
+        self.chrono.mark(step)
+        self.recent_losses.append(values["loss"])
+        self.target_tokens += int(values["target_tokens"])
+        if step % self.cfg.log_every == 0 or step == self.plan.steps:
+            rates = self.chrono.window_rates()
+            self.writer.write(step, {
+                "loss": values["loss"], "lr": values["lr"], "grad_norm": values["grad_norm"],
+                "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
+                "tokens_seen": step * self.plan.tokens_per_step,
+                "flops_seen": step * self.plan.tokens_per_step * self.plan.flops_per_token})
+            logging.info(metrics.format_progress(step, self.plan.steps, values["loss"],
+                                                 self.chrono.rates(), self.chrono.eta_s(step)))
+
+    def validate(self, state: Any, step: int) -> None:
+        self.val_loss = validation_losses(self.eval_step, state, self.val_batches,
+                                          self.batch_sharding).mean
+        self.writer.write(step, {"val_loss": self.val_loss})
+        logging.info("step %d: validation loss %.4f", step, self.val_loss)
+
+    def save(self, state: Any, step: int) -> None:
+        wall_s = self.prior_wall_s + time.perf_counter() - self.session_start
+        self.checkpointer.save(step, state, self.loader.get_state(), {
+            "recent_losses": list(self.recent_losses), "target_tokens": self.target_tokens,
+            "wall_s": wall_s, "val_loss": self.val_loss})
+
+
+def _token_type_names(prepared_dir: str) -> np.ndarray:
+    """Type name per token id (time, lab, diagnosis, ...) for the per-type validation loss."""
+    from ehr_jax.data import tokenize
+
+    types = tokenize.token_types(shards.read_vocab(prepared_dir))
+    return np.asarray(tokenize.TOKEN_TYPE_NAMES, dtype=object)[np.asarray(types)]
+
+
+def loss_by_token_type(val: ValLosses, type_names: np.ndarray) -> dict:
+    """{type: {loss, n_tokens}} over validation targets, for types that occur."""
+    result = {}
+    for name in dict.fromkeys(type_names):
+        ids = np.flatnonzero(type_names[:len(val.count_by_target)] == name)
+        count = int(val.count_by_target[ids].sum())
+        if count:
+            result[str(name)] = {"loss": float(val.sum_by_target[ids].sum() / count),
+                                 "n_tokens": count}
+    return result
+
+
+def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
+                  model_cfg: transformer.ModelConfig, manifest: dict, loop: TrainLoop,
+                  val: ValLosses, type_names: np.ndarray, wall_s: float,
+                  num_windows: int) -> dict:
+    """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient."""
+    tokens = plan.steps * plan.tokens_per_step
+    rates = loop.chrono.rates()
+    provenance = manifest.get("provenance", {})
+    devices = jax.devices()
+    summary = {
+        "run_name": os.path.basename(workdir),
+        "n_params": plan.n_params,
+        "n_params_non_embedding": plan.n_params_non_embedding,
+        "n_layers": model_cfg.n_layers,
+        "d_model": model_cfg.d_model,
+        "model_size": model_cfg.size_name,
+        "tokens_seen": tokens,
+        "target_tokens_seen": loop.target_tokens,
+        "flops": tokens * plan.flops_per_token,
+        "flops_per_token": plan.flops_per_token,
+        "flops_6nd": sizes.flops_6nd(plan.n_params, tokens),
+        "flop_convention": sizes.FLOP_CONVENTION,
+        "final_train_loss": float(np.mean(loop.recent_losses)) if loop.recent_losses else None,
+        "val_loss": val.mean,
+        "loss_by_token_type": loss_by_token_type(val, type_names),
+        "epochs_over_data": plan.steps * plan.global_batch_size / max(num_windows, 1),
+        "steps": plan.steps,
+        "global_batch_size": plan.global_batch_size,
+        "seq_len": plan.seq_len,
+        "peak_lr": plan.peak_lr,
+        "wall_s": wall_s,
+        "tokens_per_s": rates["tokens_per_s"],
+        "mfu": rates["mfu"],
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
+        "config": config.to_dict(),
+        "etl_name": provenance.get("etl_name"),
+        "etl_version": provenance.get("etl_version"),
+        "meds_version": provenance.get("meds_version"),
+        "tokenizer_hash": manifest.get("tokenizer_hash"),
+    }
+    if "grid_point" in config:
+        summary["grid_point"] = config.grid_point.to_dict() if hasattr(
+            config.grid_point, "to_dict") else config.grid_point
+    return summary
