@@ -14,7 +14,9 @@ import os
 import ml_collections
 
 from ehr_jax import grid
+from ehr_jax.errors import ConfigError
 
+PRESETS = ("", "eval")  # values of the `:preset` suffix this file accepts
 
 def _base_config() -> ml_collections.ConfigDict:
     """configs/base.py by path: config_flags loads presets as files, not as a package."""
@@ -47,5 +49,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     if preset == "eval":
         config.eval.enabled = True
     elif preset:
-        raise ValueError(f"configs/mimic_iv.py: unknown preset {preset!r}; expected '' or 'eval'")
+        raise ConfigError(f"configs/mimic_iv.py: unknown preset {preset!r}; expected one of "
+                          f"{PRESETS}")
     return config

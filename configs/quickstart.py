@@ -14,7 +14,9 @@ import os
 import ml_collections
 
 from ehr_jax import grid
+from ehr_jax.errors import ConfigError
 
+PRESETS = ("", "tiny")  # values of the `:preset` suffix this file accepts
 
 def _base_config() -> ml_collections.ConfigDict:
     """configs/base.py by path: config_flags loads presets as files, not as a package."""
@@ -49,5 +51,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         config.grid.min_steps = 10
         config.grid.max_epochs = 50.0
     elif preset:
-        raise ValueError(f"configs/quickstart.py: unknown preset {preset!r}; expected '' or 'tiny'")
+        raise ConfigError(f"configs/quickstart.py: unknown preset {preset!r}; expected one of "
+                          f"{PRESETS}")
     return config
