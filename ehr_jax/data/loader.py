@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any
 
 import grain
 import numpy as np
 from absl import logging
+from array_record.python import array_record_module
 
 from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, DataError
@@ -79,11 +81,64 @@ def num_windows(prepared_dir: str | os.PathLike, split: str, seq_len: int) -> in
     return int(len(_layout_windows(shards.read_index(prepared_dir, split), seq_len)["record"]))
 
 
+class _PatientShards:
+    """Random access to a split's records, one batched read per shard (picklable for workers).
+
+    Grouping a batch's reads by shard into one ArrayRecord `read(positions)` call is 2-3x
+    faster per record than reading records one by one (ArrayRecordDataSource.__getitem__), and
+    reading dominates the loader's time.
+    """
+
+    def __init__(self, paths: list[str]):
+        self._paths = list(paths)
+        counts = [self._count_records(path) for path in paths]
+        self._first_record = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._readers: list = [None] * len(paths)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return int(self._first_record[-1])
+
+    @staticmethod
+    def _count_records(path: str) -> int:
+        reader = array_record_module.ArrayRecordReader(path)
+        try:
+            return reader.num_records()
+        finally:
+            reader.close()
+
+    def __getstate__(self) -> dict:
+        return {"_paths": self._paths, "_first_record": self._first_record}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._readers = [None] * len(self._paths)
+        self._lock = threading.Lock()
+
+    def _reader(self, shard: int):
+        with self._lock:
+            if self._readers[shard] is None:
+                self._readers[shard] = array_record_module.ArrayRecordReader(
+                    self._paths[shard], "readahead_buffer_size:0")
+            return self._readers[shard]
+
+    def read(self, record_ids: np.ndarray) -> list[bytes]:
+        """Record bytes in the order of record_ids."""
+        shard_of = np.searchsorted(self._first_record, record_ids, side="right") - 1
+        out: list[bytes] = [b""] * len(record_ids)
+        for shard in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == shard)
+            positions = (record_ids[rows] - self._first_record[shard]).tolist()
+            for row, data in zip(rows, self._reader(int(shard)).read(positions)):
+                out[row] = data
+        return out
+
+
 class _WindowReader:
     """Builds batches of windows from random-access patient records (picklable for workers)."""
 
     def __init__(self, paths: list[str], windows: dict[str, np.ndarray], seq_len: int):
-        self._source = grain.sources.ArrayRecordDataSource(paths)
+        self._source = _PatientShards(paths)
         self._windows = windows
         self._seq_len = seq_len
 
@@ -100,8 +155,9 @@ class _WindowReader:
         carry, start = w["carry"][window_ids], w["body_start"][window_ids]
         end = w["body_end"][window_ids]
         seq_BxL1 = np.zeros((num_rows, self._seq_len + 1), np.int32)
-        for row, window in enumerate(window_ids):
-            tokens, _ = shards.decode_tokens(self._source[int(w["record"][window])])
+        records = self._source.read(w["record"][window_ids])
+        for row, data in enumerate(records):
+            tokens, _ = shards.decode_tokens(data)
             c = carry[row]
             seq_BxL1[row, :c] = tokens[:c]
             seq_BxL1[row, c:c + end[row] - start[row]] = tokens[start[row]:end[row]]
