@@ -227,7 +227,8 @@ class TrainLoader:
 
     def _start(self) -> None:
         # One prefetch thread overlaps reading with the jitted step (which releases the GIL);
-        # more threads only contend for the GIL (measured: 4.0M tokens/s with 1, 3.3M with 4).
+        # more threads only contend for the GIL (on the 2-core dev machine 4 threads were 20%
+        # slower than 1). Worker processes are the way to scale past one core.
         dataset = (grain.MapDataset.range(self._step, sys.maxsize).map(self._make_batch)
                    .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)))
         if self._num_workers > 0:
