@@ -60,9 +60,8 @@ def _sum_counts(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
 
 
 def _bottom_k(sample: pl.DataFrame) -> pl.DataFrame:
-    """Keeps the RESERVOIR_SIZE smallest keys per code (ties broken by value, then order)."""
-    return (sample.sort("code", "key", "value")
-            .filter(pl.int_range(pl.len()).over("code") < RESERVOIR_SIZE))
+    """Keeps the RESERVOIR_SIZE smallest keys per code (a tie means an identical row)."""
+    return sample.filter(pl.col("key").rank("ordinal").over("code") <= RESERVOIR_SIZE)
 
 
 def _quantile_edges(reservoir: pl.DataFrame | None, codes: set[str], num_quantiles: int) -> dict:
