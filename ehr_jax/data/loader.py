@@ -11,8 +11,8 @@ A patient record has tokens t[0..n) whose first `n_prefix` are static demographi
   the window is the sequence  t[0:c] ++ t[a-1 : e]  with e = min(a + seq_len - c, n);
   inputs are that sequence minus its last token, targets minus its first (so within a window
   targets[j] == tokens[j+1]). The mask is 0 on the c prefix positions (their targets are
-  prefix tokens, or t[a-1], already counted elsewhere) and 1 on the seq_len - c positions
-  whose targets are t[a : e]. The next window starts at a = e.
+  prefix tokens, or t[a-1], already counted elsewhere) and 1 on the (at most seq_len - c)
+  positions whose targets are t[a : e]. The next window starts at a = e.
 - A prefix longer than seq_len // 2 is truncated to its first seq_len // 2 tokens in
   continuation windows, so every window still predicts at least half its length.
 - Short windows are right-padded with [PAD] = 0 in tokens and targets and 0 in mask.
@@ -21,8 +21,9 @@ A patient record has tokens t[0..n) whose first `n_prefix` are static demographi
 Order: window ids of the split form one epoch; global position g (batch i, row r:
 g = i * global_batch_size + r) maps to a window through Grain's per-epoch index shuffle seeded
 from (seed, g // epoch_length), so batch i is a pure function of (seed, i) and the data, and
-process p of P reads only rows [p*B/P, (p+1)*B/P) of it. The iterator's state is therefore just
-the step, which also lets a run resume with another number of workers or processes.
+process p of P reads only rows [p*B/P, (p+1)*B/P) of it. The iterator's state is therefore the
+step (plus seed, seq_len, global batch size and epoch length, checked on restore), which also
+lets a run resume with another number of workers or processes.
 """
 
 from __future__ import annotations
