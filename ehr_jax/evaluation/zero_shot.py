@@ -1,0 +1,206 @@
+"""Zero-shot risk from the generative model itself: sampled futures and next-token odds.
+
+Rollouts (ETHOS): each case's history is prefilled once into a KV cache, copied to N rollouts,
+and extended by a fixed-shape `jax.lax.while_loop` of decode steps (one compile per shape, not
+per step). A rollout stops at an outcome token, at a stopping token (a discharge, a death),
+when its summed time-interval tokens pass the task's horizon, or at max_new_tokens. The risk
+is the fraction of rollouts that end in the outcome.
+
+Next-token (cheap, deterministic): from the distribution over the token right after the
+history, P(outcome) / (P(outcome) + P(stopping token)): the chance that, if the stay's next
+decisive token came now, it would be the outcome. Only for tasks with both kinds of token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ehr_jax.evaluation.tasks import DIED_SUFFIXES, DISCHARGE, OutcomeRule
+
+GRACE_TOKENS = 8  # after a stopping token, tokens of the same timestamp that may still hold the outcome
+_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86_400, "w": 604_800,
+                 "mo": 2_629_746, "y": 31_556_952}
+_INTERVAL = re.compile(r"^TIME//(\d+(?:\.\d+)?)(s|min|mo|m|h|d|w|y)$")
+# Stop reasons per rollout.
+RUNNING, OUTCOME, STOPPED, HORIZON = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRule:
+    """An OutcomeRule resolved against a vocabulary: one flag or duration per token id."""
+
+    positive_V: np.ndarray  # bool: generating it means the outcome happened
+    negative_V: np.ndarray  # bool: generating it ends the stay without the outcome
+    seconds_V: np.ndarray  # float32: duration of interval tokens, 0 for every other token
+    horizon_days: float | None
+    horizon_anchor: str
+    horizon_outcome: bool
+
+
+def interval_seconds(vocab: list[str]) -> np.ndarray:
+    """Durations of `TIME//<n><unit>` tokens (5m, 1h, 6mo, ...) in seconds; 0 elsewhere."""
+    seconds = np.zeros(len(vocab), np.float32)
+    for i, token in enumerate(vocab):
+        match = _INTERVAL.match(token)
+        if match:
+            seconds[i] = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return seconds
+
+
+def resolve_rule(rule: OutcomeRule, vocab: list[str]) -> TokenRule:
+    """Token ids whose strings start with the rule's prefixes; a DIED discharge counts as death."""
+    def matches(prefixes: tuple[str, ...]) -> np.ndarray:
+        return np.array([any(t.startswith(p) for p in prefixes) for t in vocab], bool)
+
+    positive = matches(rule.positive)
+    if any(p.startswith("MEDS_DEATH") for p in rule.positive):
+        positive |= np.array([t.startswith(DISCHARGE) and any(f"//{s}" in t.upper() for s in DIED_SUFFIXES)
+                              for t in vocab], bool)
+    negative = matches(rule.negative) & ~positive
+    return TokenRule(positive, negative, interval_seconds(vocab), rule.horizon_days,
+                     rule.horizon_anchor, rule.horizon_outcome)
+
+
+@dataclasses.dataclass
+class RolloutResult:
+    """Per rollout (case-major, num_rollouts per case): outcome, why it stopped, tokens made."""
+
+    outcome_CxR: np.ndarray
+    reason_CxR: np.ndarray
+    new_tokens_CxR: np.ndarray
+
+    @property
+    def probability_C(self) -> np.ndarray:
+        return self.outcome_CxR.mean(axis=1)
+
+
+class RolloutSampler:
+    """Jitted prefill + decode loop for one (cases per batch, prompt length) shape.
+
+    `traces` counts how often the sampler was traced (tests check it is compiled once).
+    """
+
+    def __init__(self, model: nnx.Module, *, prompt_len: int, max_new_tokens: int,
+                 num_rollouts: int, cases_per_batch: int, temperature: float = 1.0):
+        self.graphdef, self.state = nnx.split(model)
+        self.prompt_len, self.max_new_tokens = prompt_len, max_new_tokens
+        self.num_rollouts, self.cases_per_batch = num_rollouts, cases_per_batch
+        self.temperature = temperature
+        self.traces = 0
+        self._sample = jax.jit(self._sample_batch, static_argnames=("horizon_outcome",))
+
+    def run(self, prompts_CxP: np.ndarray, valid_CxP: np.ndarray, horizon_s_C: np.ndarray,
+            rule: TokenRule, seed: int = 0) -> RolloutResult:
+        """Rollouts for any number of cases, in fixed-size batches (the last one padded)."""
+        n_cases, c = len(prompts_CxP), self.cases_per_batch
+        tables = (jnp.asarray(rule.positive_V), jnp.asarray(rule.negative_V), jnp.asarray(rule.seconds_V))
+        outputs = []
+        for batch, start in enumerate(range(0, n_cases, c)):
+            rows = np.arange(start, start + c) % n_cases  # padding rows repeat real cases
+            key = jax.random.fold_in(jax.random.key(seed), batch)
+            out = self._sample(self.state, jnp.asarray(prompts_CxP[rows]), jnp.asarray(valid_CxP[rows]),
+                               jnp.asarray(horizon_s_C[rows], jnp.float32), *tables, key,
+                               horizon_outcome=rule.horizon_outcome)
+            outputs.append([np.asarray(x)[: min(c, n_cases - start)] for x in out])
+        outcome, reason, new_tokens = (np.concatenate(parts) for parts in zip(*outputs))
+        return RolloutResult(outcome, reason, new_tokens)
+
+    def _sample_batch(self, state, prompts_CxP, valid_CxP, horizon_C, positive_V, negative_V,
+                      seconds_V, key, *, horizon_outcome: bool):
+        self.traces += 1  # runs at trace time only
+        model = nnx.merge(self.graphdef, state)
+        r = self.num_rollouts
+        logits_CxV, cache = model.prefill(prompts_CxP, valid_CxP,
+                                          max_len=self.prompt_len + self.max_new_tokens)
+        # Prefill once per case, then give each of its r rollouts a copy of the cache.
+        repeat = functools.partial(jnp.repeat, repeats=r, axis=0)
+        cache = cache._replace(k=tuple(map(repeat, cache.k)), v=tuple(map(repeat, cache.v)),
+                               valid_BxS=repeat(cache.valid_BxS), pos_B=repeat(cache.pos_B))
+        n = prompts_CxP.shape[0] * r
+        horizon_N = repeat(horizon_C)
+        zeros_b, zeros_i = jnp.zeros(n, bool), jnp.zeros(n, jnp.int32)
+        carry = dict(step=jnp.int32(0), logits=repeat(logits_CxV), cache=cache, key=key,
+                     reason=zeros_i, outcome=zeros_b, grace=zeros_i, new_tokens=zeros_i,
+                     elapsed=jnp.zeros(n, jnp.float32))
+        step = functools.partial(_decode_step, model, positive_V, negative_V, seconds_V, horizon_N,
+                                 horizon_outcome, self.temperature)
+        carry = jax.lax.while_loop(
+            lambda c: (c["step"] < self.max_new_tokens) & jnp.any(c["reason"] == RUNNING), step, carry)
+        shape = (prompts_CxP.shape[0], r)
+        return (carry["outcome"].reshape(shape), carry["reason"].reshape(shape),
+                carry["new_tokens"].reshape(shape))
+
+
+def _decode_step(model, positive_V, negative_V, seconds_V, horizon_N, horizon_outcome: bool,
+                 temperature: float, carry: dict) -> dict:
+    """Sample one token per rollout, apply the stop rules, feed the token back through the cache."""
+    key, sample_key = jax.random.split(carry["key"])
+    token_N = jax.random.categorical(sample_key, carry["logits"] / temperature).astype(jnp.int32)
+    running = carry["reason"] == RUNNING
+    closing = running & (carry["grace"] > 0)
+    is_positive, is_negative = positive_V[token_N], negative_V[token_N]
+    is_time = seconds_V[token_N] > 0
+    elapsed = carry["elapsed"] + jnp.where(running, seconds_V[token_N], 0.0)
+    hit_outcome = running & is_positive
+    past_horizon = running & ~closing & ~hit_outcome & (elapsed > horizon_N)
+    # A stopping token opens a grace window over the rest of its timestamp (e.g. MEDS_DEATH
+    # written after HOSPITAL_DISCHARGE at the same time); a time token or the cap closes it.
+    grace = jnp.where(running & ~closing & is_negative & ~past_horizon, 1,
+                      jnp.where(closing, carry["grace"] + 1, carry["grace"]))
+    closed = closing & ~hit_outcome & (is_time | (grace > GRACE_TOKENS))
+    reason = jnp.select([hit_outcome, past_horizon, closed], [OUTCOME, HORIZON, STOPPED], carry["reason"])
+    outcome = carry["outcome"] | hit_outcome | (past_horizon & horizon_outcome)
+    logits, cache = model.decode_step(token_N, carry["cache"])
+    return dict(step=carry["step"] + 1, logits=logits, cache=cache, key=key, reason=reason,
+                outcome=outcome, grace=grace, elapsed=elapsed,
+                new_tokens=carry["new_tokens"] + running.astype(jnp.int32))
+
+
+class NextTokenScorer:
+    """P(outcome) / (P(outcome) + P(stop)) for the token after the history; jitted once per shape."""
+
+    def __init__(self, model: nnx.Module, *, cases_per_batch: int):
+        self.graphdef, self.state = nnx.split(model)
+        self.cases_per_batch = cases_per_batch
+        self._score = jax.jit(self._score_batch)
+
+    def run(self, prompts_CxP: np.ndarray, valid_CxP: np.ndarray, rule: TokenRule) -> np.ndarray:
+        n_cases, c = len(prompts_CxP), self.cases_per_batch
+        scores = []
+        for start in range(0, n_cases, c):
+            rows = np.arange(start, start + c) % n_cases
+            out = self._score(self.state, jnp.asarray(prompts_CxP[rows]), jnp.asarray(valid_CxP[rows]),
+                              jnp.asarray(rule.positive_V), jnp.asarray(rule.negative_V))
+            scores.append(np.asarray(out)[: min(c, n_cases - start)])
+        return np.concatenate(scores)
+
+    def _score_batch(self, state, prompts_CxP, valid_CxP, positive_V, negative_V):
+        model = nnx.merge(self.graphdef, state)
+        logits_CxV, _ = model.prefill(prompts_CxP, valid_CxP, max_len=prompts_CxP.shape[1])
+        probs_CxV = jax.nn.softmax(logits_CxV, axis=-1)
+        p_outcome = jnp.sum(jnp.where(positive_V, probs_CxV, 0.0), axis=-1)
+        p_stop = jnp.sum(jnp.where(negative_V, probs_CxV, 0.0), axis=-1)
+        return p_outcome / jnp.maximum(p_outcome + p_stop, 1e-30)
+
+
+def supports_next_token(rule: TokenRule) -> bool:
+    return bool(rule.positive_V.any() and rule.negative_V.any())
+
+
+def left_pad(prompts: list[np.ndarray], prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stack prompts into [C, P] with padding on the left (the last column is always real)."""
+    tokens = np.zeros((len(prompts), prompt_len), np.int32)
+    valid = np.zeros((len(prompts), prompt_len), bool)
+    for i, prompt in enumerate(prompts):
+        n = len(prompt)
+        if n:
+            tokens[i, prompt_len - n:] = prompt
+            valid[i, prompt_len - n:] = True
+    return tokens, valid

@@ -1,0 +1,181 @@
+"""Rollout sampling: stop rules on a hand-built Markov model, one compile per shape, and the
+KV cache reproducing the full forward pass of the real Transformer."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from ehr_jax.evaluation import zero_shot
+from ehr_jax.evaluation.tasks import BUILTIN_RULES, OutcomeRule
+from ehr_jax.model import transformer
+
+VOCAB = ["[PAD]", "A", "B", "TIME//1d", "MEDS_DEATH", "HOSPITAL_DISCHARGE", "HOSPITAL_DISCHARGE//DIED",
+         "HOSPITAL_ADMISSION", "C"]
+ID = {t: i for i, t in enumerate(VOCAB)}
+NEG = -1e9
+
+
+class MarkovModel(nnx.Module):
+    """Next-token logits depend only on the current token: a transition table we write by hand."""
+
+    def __init__(self, transitions: dict[str, dict[str, float]]):
+        table = np.full((len(VOCAB), len(VOCAB)), NEG, np.float32)
+        for src, targets in transitions.items():
+            for dst, prob in targets.items():
+                table[ID[src], ID[dst]] = np.log(prob)
+        self.table = nnx.Param(jnp.asarray(table))
+
+    def prefill(self, tokens_BxP, valid_BxP, *, max_len):
+        b = tokens_BxP.shape[0]
+        zeros = jnp.zeros((b, max_len, 1, 1))
+        cache = transformer.KVCache(k=(zeros,), v=(zeros,), valid_BxS=jnp.zeros((b, max_len), bool),
+                                    pos_B=jnp.zeros(b, jnp.int32), index=jnp.int32(tokens_BxP.shape[1]))
+        return self.table[...][tokens_BxP[:, -1]], cache
+
+    def decode_step(self, token_B, cache):
+        return self.table[...][token_B], cache._replace(index=cache.index + 1)
+
+
+def _run(transitions, rule, *, horizon_s=1e12, max_new=16, rollouts=4, cases=2, n_cases=3, seed=0):
+    sampler = zero_shot.RolloutSampler(MarkovModel(transitions), prompt_len=3, max_new_tokens=max_new,
+                                       num_rollouts=rollouts, cases_per_batch=cases)
+    prompts, valid = zero_shot.left_pad([np.array([ID["B"], ID["A"]])] * n_cases, 3)
+    token_rule = zero_shot.resolve_rule(rule, VOCAB)
+    result = sampler.run(prompts, valid, np.full(n_cases, horizon_s), token_rule, seed=seed)
+    return sampler, result
+
+
+MORTALITY = BUILTIN_RULES["mortality"]
+
+
+def test_outcome_token_stops_with_outcome():
+    _, result = _run({"A": {"C": 1.0}, "C": {"MEDS_DEATH": 1.0}, "MEDS_DEATH": {"C": 1.0}}, MORTALITY)
+    assert result.outcome_CxR.all() and (result.reason_CxR == zero_shot.OUTCOME).all()
+    assert (result.new_tokens_CxR == 2).all()
+
+
+def test_stop_token_then_time_is_negative():
+    _, result = _run({"A": {"HOSPITAL_DISCHARGE": 1.0}, "HOSPITAL_DISCHARGE": {"TIME//1d": 1.0},
+                      "TIME//1d": {"MEDS_DEATH": 1.0}, "MEDS_DEATH": {"C": 1.0}}, MORTALITY)
+    assert not result.outcome_CxR.any() and (result.reason_CxR == zero_shot.STOPPED).all()
+    assert (result.new_tokens_CxR == 2).all()  # the death after the time token is never reached
+
+
+def test_death_in_the_discharge_timestamp_counts():
+    """MEDS_DEATH written after HOSPITAL_DISCHARGE at the same time is still an in-stay death."""
+    _, result = _run({"A": {"HOSPITAL_DISCHARGE": 1.0}, "HOSPITAL_DISCHARGE": {"C": 1.0},
+                      "C": {"MEDS_DEATH": 1.0}, "MEDS_DEATH": {"C": 1.0}}, MORTALITY)
+    assert result.outcome_CxR.all()
+
+
+def test_died_discharge_token_is_an_outcome():
+    rule = zero_shot.resolve_rule(MORTALITY, VOCAB)
+    assert rule.positive_V[ID["HOSPITAL_DISCHARGE//DIED"]] and not rule.negative_V[ID["HOSPITAL_DISCHARGE//DIED"]]
+    assert rule.negative_V[ID["HOSPITAL_DISCHARGE"]] and rule.positive_V[ID["MEDS_DEATH"]]
+
+
+def test_horizon_from_summed_time_tokens():
+    long_stay = BUILTIN_RULES["long_stay"]  # running past the horizon means the outcome
+    transitions = {"A": {"TIME//1d": 1.0}, "TIME//1d": {"TIME//1d": 1.0}}
+    _, result = _run(transitions, long_stay, horizon_s=2.5 * 86_400)
+    assert result.outcome_CxR.all() and (result.reason_CxR == zero_shot.HORIZON).all()
+    assert (result.new_tokens_CxR == 3).all()  # 3 days > 2.5 days at the third interval token
+    readmission = BUILTIN_RULES["readmission_30d"]  # for readmission it means no outcome
+    _, result = _run(transitions, readmission, horizon_s=2.5 * 86_400)
+    assert not result.outcome_CxR.any() and (result.reason_CxR == zero_shot.HORIZON).all()
+
+
+def test_token_cap():
+    _, result = _run({"A": {"C": 1.0}, "C": {"C": 1.0}}, MORTALITY, max_new=5)
+    assert (result.reason_CxR == zero_shot.RUNNING).all() and (result.new_tokens_CxR == 5).all()
+    assert not result.outcome_CxR.any()
+
+
+def test_probability_is_fraction_of_rollouts():
+    transitions = {"A": {"MEDS_DEATH": 0.3, "HOSPITAL_DISCHARGE": 0.7}, "HOSPITAL_DISCHARGE": {"TIME//1d": 1.0},
+                   "MEDS_DEATH": {"C": 1.0}, "TIME//1d": {"C": 1.0}, "C": {"C": 1.0}}
+    sampler, result = _run(transitions, MORTALITY, rollouts=200, cases=1, n_cases=2)
+    assert result.outcome_CxR.shape == (2, 200)
+    np.testing.assert_allclose(result.probability_C, 0.3, atol=0.1)
+    prompts, valid = zero_shot.left_pad([np.array([ID["B"], ID["A"]])] * 2, 3)
+    again = sampler.run(prompts, valid, np.full(2, 1e12), zero_shot.resolve_rule(MORTALITY, VOCAB))
+    np.testing.assert_array_equal(result.outcome_CxR, again.outcome_CxR)  # seeded
+
+
+def test_decode_loop_compiles_once_per_shape():
+    transitions = {"A": {"C": 0.5, "MEDS_DEATH": 0.5}, "C": {"C": 0.9, "MEDS_DEATH": 0.1},
+                   "MEDS_DEATH": {"C": 1.0}}
+    sampler, _ = _run(transitions, MORTALITY, n_cases=5, cases=2, max_new=32)  # 3 batches
+    assert sampler.traces == 1
+    prompts, valid = zero_shot.left_pad([np.array([ID["A"]])] * 4, 3)
+    sampler.run(prompts, valid, np.full(4, 1e9), zero_shot.resolve_rule(MORTALITY, VOCAB), seed=3)
+    assert sampler.traces == 1
+
+
+def test_next_token_ratio():
+    transitions = {"A": {"MEDS_DEATH": 0.1, "HOSPITAL_DISCHARGE": 0.3, "C": 0.6}}
+    scorer = zero_shot.NextTokenScorer(MarkovModel(transitions), cases_per_batch=2)
+    prompts, valid = zero_shot.left_pad([np.array([ID["A"]])] * 3, 2)
+    rule = zero_shot.resolve_rule(MORTALITY, VOCAB)
+    np.testing.assert_allclose(scorer.run(prompts, valid, rule), 0.25, rtol=1e-5)
+    assert zero_shot.supports_next_token(rule)
+    assert not zero_shot.supports_next_token(zero_shot.resolve_rule(BUILTIN_RULES["long_stay"], VOCAB))
+
+
+def test_interval_seconds():
+    seconds = zero_shot.interval_seconds(["TIME//5m", "TIME//2h", "TIME//1d", "TIME//6mo", "Q//1", "A"])
+    np.testing.assert_allclose(seconds, [300, 7200, 86_400, 6 * 2_629_746, 0, 0])
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer():
+    """One real model for the module: building it costs several small compiles."""
+    model_cfg = ml_collections.ConfigDict({"size": "d32-l1", "dtype": "float32"})
+    cfg = transformer.model_config(model_cfg, vocab_size=len(BIG_VOCAB), seq_len=16)
+    return transformer.Transformer(cfg, rngs=nnx.Rngs(0))
+
+
+BIG_VOCAB = VOCAB + [f"X{i}" for i in range(14)]
+
+
+def test_kv_cache_matches_full_forward_pass(tiny_transformer):
+    """Left-padded prefill + decode steps give the logits of the unpadded full forward pass."""
+    model = tiny_transformer
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 23, n) for n in (5, 8, 3)]
+    continuations = rng.integers(1, 23, (3, 4)).astype(np.int32)
+    tokens, valid = zero_shot.left_pad(prompts, 8)
+
+    @nnx.jit
+    def generate(model, tokens, valid, continuations):
+        logits, cache = model.prefill(tokens, valid, max_len=12)
+        step_logits = [logits]
+        for t in range(continuations.shape[1]):
+            logits, cache = model.decode_step(continuations[:, t], cache)
+            step_logits.append(logits)
+        return step_logits
+
+    step_logits = generate(model, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(continuations))
+    # One right-padded full pass: causal attention makes the padding after each row harmless.
+    full = np.zeros((3, 12), np.int32)
+    for i, prompt in enumerate(prompts):
+        full[i, :len(prompt) + 4] = np.concatenate([prompt, continuations[i]])
+    full_logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(full)))
+    for i, prompt in enumerate(prompts):
+        expected = full_logits[i, len(prompt) - 1:len(prompt) + 4]
+        got = np.stack([np.asarray(s[i]) for s in step_logits])
+        np.testing.assert_allclose(jax.nn.softmax(got), jax.nn.softmax(expected), atol=1e-5)
+
+
+def test_rollouts_run_with_the_real_transformer(tiny_transformer):
+    sampler = zero_shot.RolloutSampler(tiny_transformer, prompt_len=4, max_new_tokens=8, num_rollouts=3,
+                                       cases_per_batch=2)
+    prompts, valid = zero_shot.left_pad([np.array([1, 2]), np.array([3, 1, 2, 1])], 4)
+    rule = zero_shot.resolve_rule(OutcomeRule(positive=("MEDS_DEATH",), negative=("HOSPITAL_DISCHARGE",)), BIG_VOCAB)
+    result = sampler.run(prompts, valid, np.full(2, 1e9), rule)
+    assert result.outcome_CxR.shape == (2, 3)
+    assert ((result.new_tokens_CxR >= 1) & (result.new_tokens_CxR <= 8)).all()
+    assert sampler.traces == 1
