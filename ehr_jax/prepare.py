@@ -27,7 +27,6 @@ from absl import app, flags, logging
 from ehr_jax.data import meds, shards, tokenize, vocab
 from ehr_jax.errors import ConfigError, DataError, EhrJaxError
 
-TOKENIZER_FILE = "tokenizer.json"
 CHUNK_ROWS = 1 << 20  # MEDS rows encoded at once; bounds memory for very large files
 
 
@@ -55,7 +54,7 @@ def prepare(meds_dir: str | os.PathLike, out_dir: str | os.PathLike, *, min_code
             raise DataError(f"{ds.root}: the train split has no subjects with timed events; "
                             "expected at least one to fit the vocabulary")
     shards.write_json_atomic(out_dir / shards.VOCAB, {"tokens": tok.tokens})
-    shards.write_json_atomic(out_dir / TOKENIZER_FILE, tok.to_json())
+    shards.write_json_atomic(out_dir / tokenize.TOKENIZER_FILE, tok.to_json())
     manifest = {"vocab_size": len(tok.tokens), "settings": settings, "settings_hash": settings_hash,
                 "tokenizer_hash": tok.hash(), "tokenizer_version": tokenize.TOKENIZER_VERSION,
                 "meds_dir": str(ds.root), "layout": ds.layout, "provenance": meds.provenance(ds),
@@ -107,7 +106,7 @@ def _reusable_manifest(out_dir: Path, fingerprint: str, settings_hash: str) -> d
 def _clear_outputs(out_dir: Path) -> None:
     """Removes our own outputs only (the manifest first), so a stale shard is never reused."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (shards.MANIFEST, shards.VOCAB, TOKENIZER_FILE):
+    for name in (shards.MANIFEST, shards.VOCAB, tokenize.TOKENIZER_FILE):
         (out_dir / name).unlink(missing_ok=True)
     for split in meds.SPLITS:
         if (out_dir / split).is_dir():
@@ -158,22 +157,30 @@ def _subject_chunks(frame: pl.DataFrame, max_rows: int) -> Iterator[pl.DataFrame
 
 
 def ensure_prepared(config, workdir: str | os.PathLike) -> str:
-    """The prepared dir for a run: generates synthetic MEDS when data.meds_dir is "" (process 0
-    writes, the other processes wait at a barrier and then read)."""
+    """The prepared dir for a run, generating synthetic MEDS first when data.meds_dir is "".
+
+    Process 0 writes while the others wait at a barrier. A process that then finds no manifest
+    (hosts without a shared filesystem) prepares its own copy: the output is deterministic.
+    """
     import jax  # deferred: the CLI and data tests do not need a JAX backend
 
     workdir = Path(workdir).expanduser().resolve()
     data = config.data
     meds_dir = Path(data.meds_dir).expanduser() if data.meds_dir else workdir / "meds"
     prepared_dir = Path(data.prepared_dir).expanduser() if data.prepared_dir else workdir / "prepared"
-    if jax.process_index() == 0:
+    def build() -> None:
         if not data.meds_dir:
             _ensure_synthetic(meds_dir, data.synthetic_subjects, data.synthetic_seed)
         prepare(meds_dir, prepared_dir, min_code_count=data.min_code_count,
                 num_quantiles=data.num_quantiles, records_per_shard=data.records_per_shard)
+
+    if jax.process_index() == 0:
+        build()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("ehr_jax.prepare.ensure_prepared")
+        if jax.process_index() != 0 and not (prepared_dir / shards.MANIFEST).exists():
+            build()
     return str(prepared_dir)
 
 

@@ -51,6 +51,7 @@ def test_manifest_vocab_and_shards_follow_the_contract(tmp_path):
             assert np.all(np.diff(r.times) >= 0) and tokens[r.tokens[0]] == "[TIMELINE_START]"
     assert manifest["splits"]["held_out"]["num_unk_tokens"] == 2  # HELDOUT_ONLY_CODE, once per subject
     assert "HELDOUT_ONLY_CODE" not in tokens
+    assert tokenize.Tokenizer.load(out).hash() == manifest["tokenizer_hash"]
 
 
 def test_prepare_is_idempotent_and_rebuilds_on_change(tmp_path, monkeypatch):
@@ -137,6 +138,18 @@ def test_ensure_prepared_generates_synthetic_once(tmp_path, monkeypatch):
     assert prepared == str(tmp_path / "prepared")
     assert shards.read_manifest(prepared)["meds_dir"] == str(tmp_path / "meds")
     assert prep.ensure_prepared(_config(), tmp_path) == prepared and calls == [(10, 3)]
+
+
+def test_ensure_prepared_with_the_real_synthetic_generator(tmp_path):
+    config = _config()
+    config.data.synthetic_subjects = 30
+    prepared = prep.ensure_prepared(config, tmp_path)
+    manifest = shards.read_manifest(prepared)
+    assert sum(s["num_subjects"] for s in manifest["splits"].values()) <= 30
+    assert manifest["splits"]["train"]["num_events"] > 0
+    tokens = shards.read_vocab(prepared)
+    for name in ("HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "DIAGNOSIS"):
+        assert name in tokens
 
 
 def test_ensure_prepared_uses_configured_dirs(tmp_path):

@@ -23,14 +23,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import polars as pl
 
 from ehr_jax.data.shards import PatientRecord
+from ehr_jax.errors import DataError
 
 TOKENIZER_VERSION = 1  # bump when a rule below changes: it feeds the tokenizer hash
+TOKENIZER_FILE = "tokenizer.json"  # in the prepared dir: vocabulary, numeric codes, quantile edges
 PAD, UNK, TIMELINE_START, TIMELINE_END = "[PAD]", "[UNK]", "[TIMELINE_START]", "[TIMELINE_END]"
 SPECIAL_TOKENS = (PAD, UNK, TIMELINE_START, TIMELINE_END)
 _MINUTE, _HOUR, _DAY = 60, 3600, 86400
@@ -48,7 +52,8 @@ TOKEN_TYPE_NAMES = ("special", "time", "value", "static", "diagnosis", "procedur
 # Token type by keyword in a token's top-level part, first match wins (see token_types).
 _TYPE_KEYWORDS = (("death", ("DEATH",)), ("static", ("AGE", "GENDER", "SEX", "RACE", "ETHNIC", "MARITAL",
                   "LANGUAGE", "INSURANCE", "BIRTH")), ("diagnosis", ("DIAGNOS", "ICD", "DRG")),
-                  ("procedure", ("PROCEDURE",)), ("lab", ("LAB", "VITAL", "CHART", "OMR")),
+                  ("procedure", ("PROCEDURE",)), ("lab", ("LAB", "VITAL", "CHART", "OMR", "BLOOD PRESSURE",
+                  "WEIGHT", "HEIGHT", "BMI")),
                   ("medication", ("MEDICATION", "DRUG", "ATC", "PRESCRIPTION", "INFUSION")),
                   ("encounter", ("ADMISSION", "DISCHARGE", "TRANSFER", "ICU", "ED_", "VISIT", "ENCOUNTER")))
 
@@ -182,6 +187,14 @@ class Tokenizer:
     def from_json(cls, obj: dict) -> "Tokenizer":
         return cls(obj["tokens"], obj["num_quantiles"], frozenset(obj["numeric_codes"]),
                    {c: np.asarray(e, np.float32) for c, e in obj["edges"].items()})
+
+    @classmethod
+    def load(cls, prepared_dir: str | os.PathLike) -> "Tokenizer":
+        """The tokenizer a prepared dir was made with (evaluation decodes value bins with it)."""
+        path = Path(prepared_dir) / TOKENIZER_FILE
+        if not path.exists():
+            raise DataError(f"{path}: missing; re-run `python -m ehr_jax.prepare`")
+        return cls.from_json(json.loads(path.read_text()))
 
     def hash(self) -> str:
         """Changes whenever the vocabulary, the bins or the rules change."""
