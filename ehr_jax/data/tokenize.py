@@ -299,17 +299,17 @@ def _encode_rows(tok: Tokenizer, frame: pl.DataFrame) -> EncodedFrame:
     code_len = np.diff(offsets)[code_idx]
     row_start = np.zeros(len(subj) + 1, np.int64)
     np.cumsum(n_pre + code_len + has_bin, out=row_start[1:])
-    slot_row = np.repeat(np.arange(len(subj)), np.diff(row_start))
-    k = np.arange(row_start[-1]) - row_start[slot_row]
-    pre = n_pre[slot_row]
-    tokens = np.empty(row_start[-1], np.int32)
-    is_code = (k >= pre) & (k < pre + code_len[slot_row])
-    tokens[is_code] = flat[offsets[code_idx[slot_row[is_code]]] + (k - pre)[is_code]]
-    is_bin = k >= pre + code_len[slot_row]
-    tokens[is_bin] = tok._q_base + bins[slot_row[is_bin]]
+    slot_row = np.repeat(np.arange(len(subj), dtype=np.int32), np.diff(row_start))
+    # rel: a slot's position relative to its row's first code token (< 0: prefix or interval).
+    rel = np.arange(row_start[-1]) - (row_start[:-1] + n_pre)[slot_row]
+    row_code_len = code_len[slot_row]
+    tokens = flat[np.clip(rel + offsets[code_idx][slot_row], 0, max(len(flat) - 1, 0))]
+    bin_slots = np.flatnonzero(rel >= row_code_len)
+    tokens[bin_slots] = tok._q_base + bins[slot_row[bin_slots]]
 
-    pre_slots = np.flatnonzero(k < pre)
-    r, kp = slot_row[pre_slots], k[pre_slots]
+    pre_slots = np.flatnonzero(rel < 0)
+    r = slot_row[pre_slots]
+    kp = rel[pre_slots] + n_pre[r]
     is_start = first_row[r] & (kp == 0)
     after_start = kp - first_row[r]
     is_age = ~is_start & first_timed[r] & (after_start == 0)
