@@ -216,6 +216,51 @@ def _first_source(frame: pl.DataFrame) -> str:
     return frame["source"][0] if "source" in frame.columns else "labels"
 
 
+@dataclasses.dataclass
+class Cases:
+    """Labelled prediction points with the model input each one may use."""
+
+    labels: pl.DataFrame  # subject_id, prediction_time, boolean_value (row i <-> prompts[i])
+    prompts: list[np.ndarray]  # static prefix + most recent usable tokens, <= prompt_len
+    last_event_s: np.ndarray  # int64: time of the last usable token (the model's clock)
+    last_admission_s: np.ndarray  # int64: last admission at or before prediction (-1: none)
+
+    def horizon_seconds(self, rule: OutcomeRule) -> np.ndarray:
+        """Time budget of each rollout, counted from its last usable event."""
+        if rule.horizon_days is None:
+            return np.full(len(self.prompts), np.inf)
+        anchor = to_seconds(self.labels["prediction_time"])
+        if rule.horizon_anchor == "admission":
+            anchor = np.where(self.last_admission_s >= 0, self.last_admission_s, anchor)
+        return (anchor + rule.horizon_days * 86_400 - self.last_event_s).astype(np.float64)
+
+
+def build_cases(labels: pl.DataFrame, records: Iterable, vocab: list[str], prompt_len: int) -> Cases:
+    """Cuts every labelled subject's record at its prediction times (MEDS: times <= t).
+
+    `records` are shard PatientRecords; only labelled subjects are kept in memory. A labelled
+    subject without a record, or a prediction time outside its timeline, raises DataError.
+    """
+    wanted = set(labels["subject_id"].to_list())
+    by_subject = {r.subject_id: r for r in records if r.subject_id in wanted}
+    admission_V = np.array([t.startswith(ADMISSION) for t in vocab], bool)
+    pred_s = to_seconds(labels["prediction_time"])
+    sources = labels["source"].to_list() if "source" in labels.columns else ["labels"] * labels.height
+    prompts, last_event, last_admission = [], [], []
+    for subject, t, source in zip(labels["subject_id"].to_list(), pred_s, sources):
+        record = by_subject.get(subject)
+        if record is None:
+            raise DataError(f"{source}: column 'subject_id': a labelled subject has no prepared "
+                            "record in this split; expected labels for subjects of the prepared data")
+        end = history_end(record.times, record.n_prefix, int(t), source)
+        prompts.append(cut_prompt(record.tokens, record.n_prefix, end, prompt_len))
+        last_event.append(int(record.times[end - 1]))
+        admissions = np.flatnonzero(admission_V[record.tokens[record.n_prefix:end]])
+        last_admission.append(int(record.times[record.n_prefix + admissions[-1]]) if admissions.size else -1)
+    return Cases(labels.select(list(LABEL_COLUMNS)), prompts, np.array(last_event, np.int64),
+                 np.array(last_admission, np.int64))
+
+
 def history_end(times: np.ndarray, n_prefix: int, prediction_time_s: int, source: str = "labels") -> int:
     """Number of tokens usable at prediction_time (MEDS: times <= t), prefix included.
 
