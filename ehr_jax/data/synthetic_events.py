@@ -14,8 +14,9 @@ from ehr_jax.data import synthetic_tables as T
 from ehr_jax.data.synthetic_measure import PRIO_MEASURE, Events
 from ehr_jax.data.synthetic_timeline import Stays, Subjects, Timeline
 
-PRIO_STATIC, PRIO_BIRTH, PRIO_ADMIT, PRIO_ICU_IN = 0, 1, 2, 3
-PRIO_ICU_OUT, PRIO_DISCHARGE_CODES, PRIO_DISCHARGE, PRIO_DEATH = 5, 6, 7, 8
+# Order of rows that share a minute (PRIO_MEASURE = 5 sits between ICU admission and discharge).
+PRIO_STATIC, PRIO_BIRTH, PRIO_ADMIT, PRIO_ADMIT_INFO, PRIO_ICU_IN = 0, 1, 2, 3, 4
+PRIO_ICU_OUT, PRIO_DISCHARGE_CODES, PRIO_DISCHARGE, PRIO_DEATH = 6, 7, 8, 9
 N_PERSONAL_CODES = 5
 _K = len(T.CONDITIONS)
 
@@ -54,9 +55,9 @@ def static_and_admin(rng, events: Events, subjects: Subjects, timeline: Timeline
     events.add(everyone, subjects.birth, code_id["MEDS_BIRTH"], PRIO_BIRTH)
     st = timeline.stays
     events.add(st.subj, st.start, st.admission_code, PRIO_ADMIT)
-    events.add(st.subj, st.start, arrays["marital"][subjects.marital[st.subj]], PRIO_ADMIT)
+    events.add(st.subj, st.start, arrays["marital"][subjects.marital[st.subj]], PRIO_ADMIT_INFO)
     insurance = np.where(st.age >= 65, 0, rng.choice([1, 2, 3], len(st.subj), p=[0.3, 0.6, 0.1]))
-    events.add(st.subj, st.start, arrays["insurance"][insurance], PRIO_ADMIT)
+    events.add(st.subj, st.start, arrays["insurance"][insurance], PRIO_ADMIT_INFO)
     icu = np.nonzero(st.icu)[0]
     events.add(st.subj[icu], st.icu_start[icu], arrays["icu_in"][st.unit[icu]], PRIO_ICU_IN)
     events.add(st.subj[icu], st.icu_end[icu], arrays["icu_out"][st.unit[icu]], PRIO_ICU_OUT)
@@ -93,8 +94,9 @@ def diagnoses(rng, events: Events, stays: Stays, personal: np.ndarray, arrays: d
     rows.append(row)
     codes.append(arrays["acute_drg"][stays.acute, (stays.acuity < 1.0).astype(np.int64)])
     rows.append(ix)
-    row = np.concatenate(rows)
-    events.add(stays.subj[row], stays.end[row], np.concatenate(codes), PRIO_DISCHARGE_CODES)
+    # A stay lists each ICD code once, as in MIMIC's diagnoses_icd.
+    row, code = np.divmod(np.unique(np.concatenate(rows).astype(np.int64) << 20 | np.concatenate(codes)), 1 << 20)
+    events.add(stays.subj[row], stays.end[row], code, PRIO_DISCHARGE_CODES)
 
 
 def procedures(rng, events: Events, stays: Stays, arrays: dict) -> None:

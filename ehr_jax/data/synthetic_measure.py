@@ -15,7 +15,7 @@ from ehr_jax.data.synthetic_timeline import Stays, Subjects, severity
 SEX_EFFECT = {"hgb": -0.6, "hct": -0.6, "rbc": -0.5, "creat": -0.4, "weight_kg": -0.7, "weight_lbs": -0.7, "ck": -0.3}
 BODY_LABS = ("weight_kg", "weight_lbs", "bmi")
 WITHIN_NOISE = 0.45  # visit-to-visit noise in sd units (body size: 0.1)
-PRIO_MEASURE = 4
+PRIO_MEASURE = 5
 
 
 class Events:
