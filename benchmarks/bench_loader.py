@@ -4,8 +4,10 @@
 
 Writes synthetic patient records (log-normal lengths, a 4-token prefix) to a temp dir, then
 times `train_loader` after a warm-up, in-process and with Grain worker processes. Reports
-window tokens/s (batch x seq_len per batch) and target tokens/s (mask sum, i.e. excluding
-padding and carried prefixes). Numbers go to docs/PERFORMANCE.md with the machine.
+window tokens/s (batch x seq_len per batch), target tokens/s (mask sum, i.e. excluding
+padding and carried prefixes) and window tokens per CPU-second of the main process (less
+sensitive to other jobs on a shared machine; with workers it counts only the main process's
+share). Numbers go to docs/PERFORMANCE.md with the machine.
 """
 
 import os
@@ -40,21 +42,23 @@ def _write_synthetic(root: str, num_patients: int, mean_tokens: int) -> int:
     return int(lengths.sum())
 
 
-def _time_loader(root: str, num_workers: int) -> tuple[float, float, int]:
+def _time_loader(root: str, num_workers: int) -> tuple[float, float, float, int]:
     iterator = loader.train_loader(root, seq_len=_SEQ_LEN.value,
                                    global_batch_size=_BATCH_SIZE.value, seed=0,
                                    process_index=0, process_count=1, num_workers=num_workers)
     for _ in range(20):  # warm-up: worker start, file handles, prefetch buffers
         next(iterator)
-    batches, targets, start = 0, 0.0, time.perf_counter()
+    batches, targets = 0, 0.0
+    start, cpu_start = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < _SECONDS.value:
         batch = next(iterator)
         targets += float(batch["mask"].sum())
         batches += 1
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start  # this process's threads only, not its workers
     iterator.close()
     window_tokens = batches * _BATCH_SIZE.value * _SEQ_LEN.value
-    return window_tokens / elapsed, targets / elapsed, batches
+    return window_tokens / elapsed, targets / elapsed, window_tokens / cpu, batches
 
 
 def main(argv) -> None:
@@ -68,9 +72,10 @@ def main(argv) -> None:
         print(f"data: {_NUM_PATIENTS.value} patients, {total} tokens, {windows} windows of "
               f"{_SEQ_LEN.value}; batch {_BATCH_SIZE.value}")
         for workers in map(int, _WORKERS.value):
-            window_rate, target_rate, batches = _time_loader(root, workers)
+            window_rate, target_rate, cpu_rate, batches = _time_loader(root, workers)
             print(f"num_workers={workers}: {window_rate / 1e6:.2f}M window tokens/s, "
-                  f"{target_rate / 1e6:.2f}M target tokens/s ({batches} batches)")
+                  f"{target_rate / 1e6:.2f}M target tokens/s, {cpu_rate / 1e6:.2f}M window "
+                  f"tokens per CPU-second of the main process ({batches} batches)")
 
 
 if __name__ == "__main__":
