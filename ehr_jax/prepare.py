@@ -2,8 +2,8 @@
 
     python -m ehr_jax.prepare --meds_dir=DIR --out_dir=DIR
 
-Streams: one pass over the train files fits the tokenizer, then every split is encoded file by
-file (in chunks of whole subjects), so memory depends on the largest file, not the dataset.
+Streams: one pass over the train files fits the tokenizer, then every split is encoded batch by
+batch (about meds.BATCH_ROWS rows of whole subjects), so memory does not grow with the dataset.
 Idempotent: a manifest whose input fingerprint (paths, sizes, mtimes) and settings hash match
 is reused. The manifest is written last, so a killed run leaves no manifest and is redone.
 """
@@ -27,7 +27,6 @@ from absl import app, flags, logging
 from ehr_jax.data import meds, shards, tokenize, vocab
 from ehr_jax.errors import ConfigError, DataError, EhrJaxError
 
-CHUNK_ROWS = 1 << 20  # MEDS rows encoded at once; bounds memory for very large files
 
 
 def prepare(meds_dir: str | os.PathLike, out_dir: str | os.PathLike, *, min_code_count: int = 10,
@@ -120,14 +119,13 @@ def _write_split(ds: meds.MedsDataset, tok: tokenize.Tokenizer, out_dir: Path, s
 
     def records() -> Iterator[shards.PatientRecord]:
         for frame in meds.iter_split_frames(ds, split, dropped):
-            for chunk in _subject_chunks(frame, CHUNK_ROWS):
-                encoded = tok.encode_frame(chunk)
-                stats["num_subjects"] += len(encoded.subject_ids)
-                stats["num_tokens"] += len(encoded.tokens)
-                stats["num_events"] += encoded.num_events
-                stats["num_unk_tokens"] += int((encoded.tokens == tok.token_id[tokenize.UNK]).sum())
-                dropped["rows_of_subjects_without_timed_events"] += encoded.dropped_rows
-                yield from encoded.records()
+            encoded = tok.encode_frame(frame)
+            stats["num_subjects"] += len(encoded.subject_ids)
+            stats["num_tokens"] += len(encoded.tokens)
+            stats["num_events"] += encoded.num_events
+            stats["num_unk_tokens"] += int((encoded.tokens == tok.token_id[tokenize.UNK]).sum())
+            dropped["rows_of_subjects_without_timed_events"] += encoded.dropped_rows
+            yield from encoded.records()
 
     shard_entries = shards.write_split(records(), out_dir, split, records_per_shard)
     if split == "train":  # rows outside every split are only seen (and counted) on the fit pass
@@ -138,22 +136,6 @@ def _write_split(ds: meds.MedsDataset, tok: tokenize.Tokenizer, out_dir: Path, s
     logging.info("%s split: %d subjects, %d events, %d tokens in %d shards", split, stats["num_subjects"],
                  stats["num_events"], stats["num_tokens"], len(shard_entries))
     return {**stats, "dropped": dropped, "shards": shard_entries}
-
-
-def _subject_chunks(frame: pl.DataFrame, max_rows: int) -> Iterator[pl.DataFrame]:
-    """Slices a subject-sorted frame into pieces of about max_rows rows, never splitting a subject."""
-    if frame.height <= max_rows:
-        yield frame
-        return
-    subject = frame["subject_id"].to_numpy()
-    boundaries = np.flatnonzero(np.r_[True, subject[1:] != subject[:-1]])
-    start = 0
-    while start < frame.height:
-        target = start + max_rows
-        later = boundaries[boundaries >= target]
-        end = int(later[0]) if len(later) else frame.height
-        yield frame.slice(start, end - start)
-        start = end
 
 
 def ensure_prepared(config, workdir: str | os.PathLike) -> str:

@@ -82,6 +82,27 @@ def test_subjects_missing_from_subject_splits_are_counted(tmp_path):
     assert dropped["subject_not_in_subject_splits"] == 3  # GENDER, MEDS_BIRTH, A of subject 2
 
 
+def test_batches_hold_whole_subjects(tmp_path, monkeypatch):
+    root = small_dataset(tmp_path)
+    (whole,) = _frames(meds.open_dataset(root), "train")
+    monkeypatch.setattr(meds, "BATCH_ROWS", 4)  # smaller than one subject's 7 rows
+    batches = _frames(meds.open_dataset(root), "train")
+    assert len(batches) > 1
+    assert pl.concat(batches).equals(whole)
+    seen = [set(b["subject_id"]) for b in batches]
+    assert sum(len(s) for s in seen) == len(set().union(*seen))  # no subject split across frames
+
+
+def test_subject_rows_must_be_grouped(tmp_path, monkeypatch):
+    rows = patient(1, [(0, "A", None)], static=()) + patient(2, [(0, "A", None)], static=())
+    interleaved = [rows[0], rows[2], rows[1], rows[3]]  # 1, 2, 1, 2
+    root = write_meds(tmp_path, {"train": frame(interleaved)})
+    for batch_rows in (100, 1):  # within one batch and across batches
+        monkeypatch.setattr(meds, "BATCH_ROWS", batch_rows)
+        with pytest.raises(DataError, match="'subject_id' is not grouped"):
+            _frames(meds.open_dataset(root), "train")
+
+
 def _good_rows():
     return patient(1, [(0, "A", None), (60, "B", 1.0)]) + patient(2, [(0, "A", None)])
 

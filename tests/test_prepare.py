@@ -81,10 +81,10 @@ def test_prepare_is_deterministic(tmp_path):
     assert _shard_digests(tmp_path / "a") == _shard_digests(tmp_path / "b")
 
 
-def test_chunked_encoding_matches_whole_file(tmp_path, monkeypatch):
+def test_batched_reading_matches_whole_file(tmp_path, monkeypatch):
     meds_dir = small_dataset(tmp_path / "meds")
     prep.prepare(meds_dir, tmp_path / "whole", **SETTINGS)
-    monkeypatch.setattr(prep, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(prep.meds, "BATCH_ROWS", 5)
     prep.prepare(meds_dir, tmp_path / "chunked", **SETTINGS)
     assert _shard_digests(tmp_path / "whole") == _shard_digests(tmp_path / "chunked")
 

@@ -25,6 +25,7 @@ from ehr_jax.errors import DataError
 SPLITS = ("train", "tuning", "held_out")
 REQUIRED_COLUMNS = ("subject_id", "time", "code")
 OUTPUT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+BATCH_ROWS = 1 << 20  # rows read at once from a parquet file (whole subjects are carried over)
 
 
 @dataclasses.dataclass
@@ -86,7 +87,9 @@ def provenance(ds: MedsDataset) -> dict:
 
 def iter_split_frames(ds: MedsDataset, split: str,
                       dropped: collections.Counter | None = None) -> Iterator[pl.DataFrame]:
-    """Yields one validated frame per file holding `split`'s rows, sorted by subject then time.
+    """Yields validated frames of `split`'s rows (whole subjects, about BATCH_ROWS rows each).
+
+    Frames come file by file, each subject's rows sorted by time.
 
     Static rows (null time) come first within a subject. Rows dropped here are added to
     `dropped` by reason (null_code; subject_not_in_subject_splits, counted on the train pass).
@@ -95,15 +98,15 @@ def iter_split_frames(ds: MedsDataset, split: str,
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
     dropped = collections.Counter() if dropped is None else dropped
     for path in ds.files[split]:
-        frame = _read_frame(path)
-        frame = _assign_split(ds, path, frame, split, dropped)
-        n_null = frame["code"].null_count()
-        if n_null:
-            dropped["null_code"] += n_null
-            logging.warning("%s: dropped %d rows with a null code", path, n_null)
-            frame = frame.filter(pl.col("code").is_not_null())
-        if frame.height:
-            yield frame
+        for frame in _iter_file_frames(path):
+            frame = _assign_split(ds, path, frame, split, dropped)
+            n_null = frame["code"].null_count()
+            if n_null:
+                dropped["null_code"] += n_null
+                logging.warning("%s: dropped %d rows with a null code", path, n_null)
+                frame = frame.filter(pl.col("code").is_not_null())
+            if frame.height:
+                yield frame
 
 
 def _read_dataset_json(path: Path) -> dict:
@@ -158,15 +161,39 @@ def _check_schema(path: Path) -> int:
     return num_rows
 
 
-def _read_frame(path: Path) -> pl.DataFrame:
-    """Reads one file into the canonical schema and checks per-subject time order."""
+def _iter_file_frames(path: Path) -> Iterator[pl.DataFrame]:
+    """Reads one file in batches of about BATCH_ROWS rows, each holding whole subjects.
+
+    A subject's trailing rows are carried into the next batch, so memory is bounded by the
+    batch size (or the largest subject), never by the file: MEDS-Extract writes files with
+    tens of millions of rows.
+    """
     _check_schema(path)  # the file may have changed since open_dataset
     schema = pl.read_parquet_schema(path)
     columns = [c for c in OUTPUT_COLUMNS if c in schema]
+    finished: set[int] = set()
+    carry = None
     try:
-        frame = pl.read_parquet(path, columns=columns)
-    except Exception as e:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        batch = next(batches, None)
+        while batch is not None:
+            following = next(batches, None)
+            frame = _canonical(path, schema, pl.from_arrow(batch))
+            frame = frame if carry is None else pl.concat([carry, frame])
+            carry = None
+            if following is not None:  # the last subject may continue in the next batch
+                subject = frame["subject_id"]
+                tail = int((subject.reverse() != subject[-1]).arg_max() or frame.height)
+                carry, frame = frame.slice(frame.height - tail), frame.slice(0, frame.height - tail)
+            if frame.height:
+                yield _validated(path, frame, finished)
+            batch = following
+    except (OSError, pl.exceptions.ComputeError, ValueError) as e:
         raise DataError(f"{path}: cannot read parquet ({e})") from None
+
+
+def _canonical(path: Path, schema, frame: pl.DataFrame) -> pl.DataFrame:
+    """The contract's columns and types: subject_id int64, time datetime[us], code str, value f32."""
     time = pl.col("time")
     if schema["time"].time_zone is not None:  # MEDS times are naive; read aware ones as UTC
         time = time.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
@@ -176,9 +203,18 @@ def _read_frame(path: Path) -> pl.DataFrame:
     if frame["subject_id"].null_count():
         raise DataError(f"{path}: column 'subject_id' has {frame['subject_id'].null_count()} nulls; "
                         "expected every row to name its subject")
-    if not frame["subject_id"].is_sorted():
-        # MEDS sorts by subject; we accept any order of subjects but keep each one's row order.
-        frame = frame.sort("subject_id", maintain_order=True)
+    return frame
+
+
+def _validated(path: Path, frame: pl.DataFrame, finished: set[int]) -> pl.DataFrame:
+    """Checks that each subject's rows are contiguous in the file and sorted by time."""
+    subject = frame["subject_id"]
+    run_starts = subject.ne_missing(subject.shift(1)).fill_null(True)
+    run_subjects = subject.filter(run_starts)
+    if run_subjects.n_unique() != run_subjects.len() or not finished.isdisjoint(run_subjects.to_list()):
+        raise DataError(f"{path}: column 'subject_id' is not grouped: a subject's rows are split by other "
+                        "subjects' rows; expected rows sorted by subject_id, then time")
+    finished.update(run_subjects.to_list())
     _check_time_order(path, frame)
     return frame
 
