@@ -155,7 +155,11 @@ def fit_isoflop(points: Points, n_boot: int = DEFAULT_BOOT, seed: int = 0,
     rng = np.random.default_rng(seed)
     warnings: list[str] = []
     profiles = []
-    for budget, group in _group(points).items():
+    groups = _group(points)
+    if len(groups) == 1:
+        warnings.append(f"all {len(points)} runs share one budget ({next(iter(groups)):.3g}): one IsoFLOP "
+                        "profile can be fitted, but scaling laws in C need >= 2 budgets")
+    for budget, group in groups.items():
         n_sizes = len(np.unique(group.n))
         if n_sizes < MIN_SIZES:
             warnings.append(f"budget {budget:.3g}: only {n_sizes} distinct size(s) with a finite loss "
