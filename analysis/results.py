@@ -152,6 +152,8 @@ def to_dataset(path: str, summaries: list[dict], n: str = DEFAULT_N, flops_key: 
     if flops_key not in FLOPS_KEYS:
         raise DataError(f"flops_key={flops_key!r}: expected one of {FLOPS_KEYS}")
     warnings: list[str] = []
+    # In-memory summaries (tests, notebooks) have no file line; number them as if they had.
+    summaries = [{"_line": i, **r} for i, r in enumerate(summaries, start=1)]
     summaries, duplicates = _dedupe(summaries, warnings)
     excluded = {"failed": 0, "non_finite_loss": 0, "duplicate": duplicates}
     usable = []
