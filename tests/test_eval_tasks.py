@@ -49,9 +49,12 @@ def test_mortality():
     assert as_rows(labels) == [(1, 1.0, True), (2, 1.0, False), (2, 21.0, False), (3, 51.0, False)]
 
 
-def test_icu_admission_excludes_stays_already_in_icu():
-    assert as_rows(tasks.derive_labels("icu_admission", [meds_frame()])) == [
-        (1, 1.0, True), (2, 1.0, False), (3, 51.0, False)]  # 2's second stay hit the ICU by day 1
+def test_icu_admission_at_admission_excludes_stays_already_in_icu():
+    frame = pl.concat([meds_frame(), pl.DataFrame(
+        [(5, at(0), "HOSPITAL_ADMISSION//X"), (5, at(0), "ICU_ADMISSION//MICU"), (5, at(4), "HOSPITAL_DISCHARGE//HOME")],
+        schema=MEDS, orient="row")])
+    assert as_rows(tasks.derive_labels("icu_admission", [frame])) == [
+        (1, 0.0, True), (2, 0.0, False), (2, 20.0, True), (3, 0.0, False), (3, 50.0, False)]
 
 
 def test_long_stay():

@@ -7,9 +7,10 @@ The built-in definitions match codes by prefix (`HOSPITAL_ADMISSION`, `HOSPITAL_
 
 - mortality: prediction at admission + 24h for stays still ongoing and alive then; positive if
   the subject dies (MEDS_DEATH, or a discharge coded as DIED/EXPIRED) by discharge.
-- icu_admission: prediction at admission + 24h (so the model sees the first day, like the
-  mortality task); stays already in the ICU by then are excluded (the answer is known);
-  positive if ICU_ADMISSION happens after the prediction time and by discharge.
+- icu_admission: prediction at admission (most ICU transfers come within hours: MIMIC's ED ->
+  ICU path, and the synthetic data's median of 4 h would leave almost no positives at + 24h);
+  stays whose ICU admission shares the admission timestamp are excluded (already usable, the
+  answer is known); positive if ICU_ADMISSION happens after admission and by discharge.
 - long_stay: prediction at admission + 24h; positive if discharge comes > 7 days after admission.
 - readmission_30d: prediction at discharge; in-hospital deaths excluded; positive if a new
   HOSPITAL_ADMISSION follows within 30 days.
@@ -68,14 +69,29 @@ BUILTIN_TASKS = tuple(BUILTIN_RULES)
 
 def derive_labels(task: str, frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
     """Built-in labels from MEDS frames (subject_id, time, code), sorted by subject and time."""
+    _check_task(task)
+    return labels_from_stays(task, hospital_stays(frames))
+
+
+def _check_task(task: str) -> None:
     if task not in BUILTIN_RULES:
         raise DataError(f"config.eval.tasks: unknown built-in task {task!r}; expected one of "
                         f"{BUILTIN_TASKS} (or set config.eval.labels_dir to read your own labels)")
-    stays = hospital_stays(frames)
+
+
+def labels_from_stays(task: str, stays: pl.DataFrame) -> pl.DataFrame:
+    """A built-in task's labels from hospital_stays() output (computed once for all tasks)."""
+    _check_task(task)
     day = pl.duration(days=1)
     predict_day2 = pl.col("admit") + day
     alive_at = lambda t: pl.col("death").is_null() | (pl.col("death") > t)  # noqa: E731
-    if task == "readmission_30d":
+    if task == "icu_admission":
+        cases = stays.filter((pl.col("discharge") > pl.col("admit")) & alive_at(pl.col("admit"))
+                             & (pl.col("icu").is_null() | (pl.col("icu") > pl.col("admit"))))
+        cases = cases.with_columns(prediction_time=pl.col("admit"),
+                                   boolean_value=pl.col("icu").is_not_null()
+                                   & (pl.col("icu") <= pl.col("discharge")))
+    elif task == "readmission_30d":
         cases = stays.filter(alive_at(pl.col("discharge"))).with_columns(
             prediction_time=pl.col("discharge"),
             boolean_value=pl.col("next_admit").is_not_null()
@@ -86,10 +102,6 @@ def derive_labels(task: str, frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
         if task == "mortality":
             cases = ongoing.with_columns(boolean_value=pl.col("death").is_not_null()
                                          & (pl.col("death") <= pl.col("discharge")))
-        elif task == "icu_admission":
-            cases = ongoing.filter(pl.col("icu").is_null() | (pl.col("icu") > predict_day2))
-            cases = cases.with_columns(boolean_value=pl.col("icu").is_not_null()
-                                       & (pl.col("icu") <= pl.col("discharge")))
         else:
             cases = ongoing.with_columns(
                 boolean_value=pl.col("discharge") - pl.col("admit") > pl.duration(days=7))
