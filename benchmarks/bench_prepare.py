@@ -5,6 +5,7 @@
 Data come from ehr_jax.data.synthetic (generated once per size and cached in --workdir). Each
 prepare runs in a fresh child process, so its peak RSS is its own: if peak memory stays flat
 while the dataset grows 10x, the pipeline streams. Results go to docs/PERFORMANCE.md by hand.
+events/cpu-s (user+system time of the child, all threads) is the steadier number on a shared machine.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ manifest = prepare.prepare(sys.argv[1], sys.argv[2])
 seconds = time.perf_counter() - start
 events = sum(s["num_events"] for s in manifest["splits"].values())
 tokens = sum(s["num_tokens"] for s in manifest["splits"].values())
+usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": seconds, "events": events, "tokens": tokens, "vocab_size": manifest["vocab_size"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}))
 """
 
 
@@ -83,6 +85,7 @@ def main(argv: list[str]) -> None:
         result = run_prepare(meds_dir, root / f"prepared-{n}")
         print(f"subjects={n:>7}  events={result['events']:>11,}  tokens={result['tokens']:>11,}  "
               f"time={result['seconds']:6.1f}s  events/s={result['events'] / result['seconds']:>10,.0f}  "
+              f"events/cpu-s={result['events'] / result['cpu_seconds']:>10,.0f}  "
               f"peak_rss={result['peak_rss_mb']:6.0f} MB  vocab={result['vocab_size']}", flush=True)
 
 

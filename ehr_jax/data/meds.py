@@ -25,7 +25,8 @@ from ehr_jax.errors import DataError
 SPLITS = ("train", "tuning", "held_out")
 REQUIRED_COLUMNS = ("subject_id", "time", "code")
 OUTPUT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
-BATCH_ROWS = 1 << 20  # rows read at once from a parquet file (whole subjects are carried over)
+BATCH_ROWS = 1 << 17  # rows read at once from a parquet file (whole subjects are carried over);
+# measured peak RSS on a 6.3M-row file: 2^17 -> 260 MB, 2^20 -> 580 MB, at the same speed
 
 
 @dataclasses.dataclass

@@ -20,22 +20,26 @@ from ehr_jax.data import tokenize
 
 RESERVOIR_SIZE = 1024  # numeric values kept per code for its quantile edges
 _HASH_SEED = 20251129
+_MERGE_ROWS = 1 << 18  # sampled values buffered before a reservoir merge (bounds memory)
 
 
 def fit(train_frames: Iterable[pl.DataFrame], *, min_code_count: int,
         num_quantiles: int) -> tokenize.Tokenizer:
     """Vocabulary (tokens seen >= min_code_count times in train) and per-code quantile edges."""
     counts: pl.DataFrame | None = None
-    reservoir: pl.DataFrame | None = None
+    reservoir = _Reservoir()
     for frame in train_frames:
         rows, _, _ = tokenize.tokenizable_rows(frame)
+        # Categorical codes: a string column sliced from a batch would keep the whole batch's
+        # string buffer alive in the running counts and reservoir (memory would grow per batch).
+        rows = rows.with_columns(pl.col("code").cast(pl.Categorical))
         valued = pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_finite()
         file_counts = rows.group_by("code").agg(n=pl.len(), n_values=valued.sum())
         counts = file_counts if counts is None else _sum_counts(counts, file_counts)
         sample = rows.filter(valued).select(
             "code", pl.col("numeric_value").alias("value"),
             pl.struct("subject_id", "time", "code", "numeric_value").hash(_HASH_SEED).alias("key"))
-        reservoir = _bottom_k(sample if reservoir is None else pl.concat([reservoir, sample]))
+        reservoir.add(sample)
     if counts is None or counts.height == 0:
         return tokenize.Tokenizer(tokenize.fixed_tokens(num_quantiles), num_quantiles, frozenset(), {})
     counts = counts.sort("code")
@@ -51,12 +55,43 @@ def fit(train_frames: Iterable[pl.DataFrame], *, min_code_count: int,
     logging.info("Vocabulary: %d of %d code tokens seen >= %d times in train; %d numeric codes",
                  len(kept), len(token_counts), min_code_count, len(numeric))
     kept_set = set(kept)
-    edges = _quantile_edges(reservoir, {c for c in numeric if c in kept_set}, num_quantiles)
+    edges = _quantile_edges(reservoir.result(), {c for c in numeric if c in kept_set}, num_quantiles)
     return tokenize.Tokenizer(fixed + kept, num_quantiles, frozenset(numeric), edges)
 
 
 def _sum_counts(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([a, b]).group_by("code").agg(pl.col("n").sum(), pl.col("n_values").sum())
+
+
+class _Reservoir:
+    """Bottom-k sample per code, merged in large steps; once a code's sample is full, only
+    values whose key beats its current k-th key are buffered (a shrinking fraction)."""
+
+    def __init__(self):
+        self.kept: pl.DataFrame | None = None
+        self.pending: list[pl.DataFrame] = []
+        self.thresholds: pl.DataFrame | None = None  # code -> k-th smallest key, for full codes
+
+    def add(self, sample: pl.DataFrame) -> None:
+        if self.thresholds is not None:
+            sample = (sample.join(self.thresholds, on="code", how="left")
+                      .filter(pl.col("threshold").is_null() | (pl.col("key") < pl.col("threshold")))
+                      .drop("threshold"))
+        self.pending.append(sample)
+        if sum(p.height for p in self.pending) >= _MERGE_ROWS:
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = ([self.kept] if self.kept is not None else []) + self.pending
+        self.kept = _bottom_k(pl.concat(parts))
+        self.pending = []
+        self.thresholds = (self.kept.group_by("code").agg(pl.col("key").max().alias("threshold"), n=pl.len())
+                           .filter(pl.col("n") >= RESERVOIR_SIZE).drop("n"))
+
+    def result(self) -> pl.DataFrame | None:
+        if self.pending:
+            self._merge()
+        return self.kept
 
 
 def _bottom_k(sample: pl.DataFrame) -> pl.DataFrame:
