@@ -231,7 +231,7 @@ class EncodedFrame:
     n_prefix: np.ndarray  # int32[S]
     tokens: np.ndarray  # int32[T]
     times: np.ndarray  # int64[T] seconds since epoch
-    num_events: int  # MEDS rows encoded (birth rows included: they became the age token)
+    num_events: int  # MEDS rows encoded (static and timed; MEDS_BIRTH rows, folded into the age token, excluded)
     dropped_rows: int  # rows of subjects without timed events
 
     def records(self) -> Iterator[PatientRecord]:
@@ -262,6 +262,25 @@ def _age_token_ids(tok: Tokenizer, t_us: np.ndarray, birth_us: np.ndarray, has_b
     return tok._age_ids[np.where(has_birth, band, len(AGE_TOKENS) - 1)]
 
 
+def _row_structure(subj: np.ndarray, timed: np.ndarray, t_us: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per row: first of its subject, first timed of its subject, and its interval tokens
+    (number of TIME//6mo, remainder band or -1, total), all by interval_tokens' rule."""
+    first_row = np.ones(len(subj), bool)
+    first_row[1:] = subj[1:] != subj[:-1]
+    prev_timed = np.zeros_like(first_row)
+    prev_timed[1:] = timed[:-1]
+    prev_timed &= ~first_row
+    first_timed = timed & ~prev_timed
+    prev_t = np.zeros_like(t_us)
+    prev_t[1:] = t_us[:-1]
+    new_time = timed & prev_timed & (t_us != prev_t)
+    gap_s = np.where(new_time, (t_us - prev_t) // 1_000_000, 0)
+    n_six, remainder = np.divmod(gap_s, SIX_MONTHS_S)
+    band = np.searchsorted(INTERVAL_EDGES_S[:-1], remainder, side="right") - 1
+    n_interval = np.where(new_time, n_six + (band >= 0), 0)
+    return first_row, first_timed, n_six, band, n_interval
+
+
 def _encode_rows(tok: Tokenizer, frame: pl.DataFrame) -> EncodedFrame:
     rows, births, dropped_rows = tokenizable_rows(frame)
     if rows.height == 0:
@@ -281,20 +300,7 @@ def _encode_rows(tok: Tokenizer, frame: pl.DataFrame) -> EncodedFrame:
     bin_rows = np.flatnonzero(has_bin)
     bins[bin_rows] = (values[bin_rows, None] >= edges[code_idx[bin_rows]]).sum(axis=1)
 
-    first_row = np.ones(len(subj), bool)
-    first_row[1:] = subj[1:] != subj[:-1]
-    prev_timed = np.zeros_like(first_row)
-    prev_timed[1:] = timed[:-1]
-    prev_timed &= ~first_row
-    first_timed = timed & ~prev_timed
-    prev_t = np.zeros_like(t_us)
-    prev_t[1:] = t_us[:-1]
-    new_time = timed & prev_timed & (t_us != prev_t)
-    gap_s = np.where(new_time, (t_us - prev_t) // 1_000_000, 0)
-    n_six, remainder = np.divmod(gap_s, SIX_MONTHS_S)
-    band = np.searchsorted(INTERVAL_EDGES_S[:-1], remainder, side="right") - 1
-    n_interval = np.where(new_time, n_six + (band >= 0), 0)
-
+    first_row, first_timed, n_six, band, n_interval = _row_structure(subj, timed, t_us)
     n_pre = first_row.astype(np.int64) + first_timed + n_interval
     code_len = np.diff(offsets)[code_idx]
     row_start = np.zeros(len(subj) + 1, np.int64)
