@@ -103,6 +103,14 @@ def test_subject_rows_must_be_grouped(tmp_path, monkeypatch):
             _frames(meds.open_dataset(root), "train")
 
 
+def test_time_error_gives_the_row_number_in_the_file(tmp_path, monkeypatch):
+    rows = patient(1, [(0, "A", None), (60, "B", None)]) + [(2, T1, "A", None), (2, BASE, "B", None)]
+    root = write_meds(tmp_path, {"train": frame(rows)})
+    monkeypatch.setattr(meds, "BATCH_ROWS", 2)
+    with pytest.raises(DataError, match="row 5 has a time earlier"):
+        _frames(meds.open_dataset(root), "train")
+
+
 def _good_rows():
     return patient(1, [(0, "A", None), (60, "B", 1.0)]) + patient(2, [(0, "A", None)])
 

@@ -90,9 +90,8 @@ def iter_split_frames(ds: MedsDataset, split: str,
                       dropped: collections.Counter | None = None) -> Iterator[pl.DataFrame]:
     """Yields validated frames of `split`'s rows (whole subjects, about BATCH_ROWS rows each).
 
-    Frames come file by file, each subject's rows sorted by time.
-
-    Static rows (null time) come first within a subject. Rows dropped here are added to
+    Frames come file by file; within a subject, static rows (null time) come first, then
+    non-decreasing times. Rows dropped here are added to
     `dropped` by reason (null_code; subject_not_in_subject_splits, counted on the train pass).
     """
     if split not in SPLITS:
@@ -173,7 +172,7 @@ def _iter_file_frames(path: Path) -> Iterator[pl.DataFrame]:
     schema = pl.read_parquet_schema(path)
     columns = [c for c in OUTPUT_COLUMNS if c in schema]
     finished: set[int] = set()
-    carry = None
+    carry, rows_before = None, 0
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
         batch = next(batches, None)
@@ -187,7 +186,8 @@ def _iter_file_frames(path: Path) -> Iterator[pl.DataFrame]:
                 tail = int((subject.reverse() != subject[-1]).arg_max() or frame.height)
                 carry, frame = frame.slice(frame.height - tail), frame.slice(0, frame.height - tail)
             if frame.height:
-                yield _validated(path, frame, finished)
+                yield _validated(path, frame, finished, rows_before)
+                rows_before += frame.height
             batch = following
     except (OSError, pl.exceptions.ComputeError, ValueError) as e:
         raise DataError(f"{path}: cannot read parquet ({e})") from None
@@ -207,7 +207,7 @@ def _canonical(path: Path, schema, frame: pl.DataFrame) -> pl.DataFrame:
     return frame
 
 
-def _validated(path: Path, frame: pl.DataFrame, finished: set[int]) -> pl.DataFrame:
+def _validated(path: Path, frame: pl.DataFrame, finished: set[int], rows_before: int) -> pl.DataFrame:
     """Checks that each subject's rows are contiguous in the file and sorted by time."""
     subject = frame["subject_id"]
     run_starts = subject.ne_missing(subject.shift(1)).fill_null(True)
@@ -216,11 +216,11 @@ def _validated(path: Path, frame: pl.DataFrame, finished: set[int]) -> pl.DataFr
         raise DataError(f"{path}: column 'subject_id' is not grouped: a subject's rows are split by other "
                         "subjects' rows; expected rows sorted by subject_id, then time")
     finished.update(run_subjects.to_list())
-    _check_time_order(path, frame)
+    _check_time_order(path, frame, rows_before)
     return frame
 
 
-def _check_time_order(path: Path, frame: pl.DataFrame) -> None:
+def _check_time_order(path: Path, frame: pl.DataFrame, rows_before: int) -> None:
     """Static rows (null time) first, then non-decreasing times, within every subject."""
     same_subject = pl.col("subject_id") == pl.col("subject_id").shift(1)
     prev_time = pl.col("time").shift(1)
@@ -231,7 +231,7 @@ def _check_time_order(path: Path, frame: pl.DataFrame) -> None:
         row = bad.row(0, named=True)
         problem = ("a null (static) time after timed rows" if row["time"] is None
                    else "a time earlier than the row before it")
-        raise DataError(f"{path}: column 'time' is not sorted within a subject: row {row['row']} has "
+        raise DataError(f"{path}: column 'time' is not sorted within a subject: row {rows_before + row['row']} has "
                         f"{problem} ({bad.height} such rows); expected static rows first, then "
                         "non-decreasing times per subject")
 
