@@ -107,6 +107,14 @@ def write_report(s: study.Study, out_dir: str) -> list[str]:
     return written + [fit_path] + [os.path.join(out_dir, n) for n in ("report.txt", "report.md")]
 
 
+def main_report(results_path: str, out_dir: str) -> study.Study:
+    """Default analysis of a sweep's results into out_dir (what ehr_jax.sweep calls at the end)."""
+    s = study.analyze(results_path)
+    write_report(s, out_dir)
+    print(text_report(s), end="")
+    return s
+
+
 def main(argv) -> None:
     del argv
     if not _RESULTS.value:

@@ -114,7 +114,8 @@ def _is_failed(record: dict) -> bool:
 
 
 def _budget_of(record: dict) -> float | None:
-    point = record.get("grid_point")
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    point = record.get("grid_point") or config.get("grid_point")
     if isinstance(point, dict) and _finite_positive(point.get("budget")):
         return float(point["budget"])
     return None

@@ -104,3 +104,15 @@ def test_failed_and_duplicate_runs_are_counted(tmp_path):
     dataset = results.read_dataset(str(path))
     assert dataset.excluded == {"failed": 1, "non_finite_loss": 0, "duplicate": 1}
     assert len(dataset.points) == 15
+
+
+def test_main_report_is_the_sweeps_hook(tmp_path, capsys):
+    """ehr_jax.sweep calls report.main_report(results, out_dir) after the last run."""
+    rows = law_summaries(Law(), (1e15, 1e16, 1e17), sizes_per_budget=5, noise=0.002)
+    for r in rows:  # the trainer may leave grid_point only inside the saved config
+        r["config"] = {"grid_point": r.pop("grid_point")}
+    path = tmp_path / "results.jsonl"
+    write_jsonl(rows, str(path))
+    s = report.main_report(str(path), str(tmp_path / "analysis"))
+    assert sorted(set(s.dataset.points.budget)) == [1e15, 1e16, 1e17]
+    assert (tmp_path / "analysis" / "fit.json").exists() and "N_opt = k C^a" in capsys.readouterr().out
