@@ -11,6 +11,7 @@ is reused. The manifest is written last, so a killed run leaves no manifest and 
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import json
 import os
@@ -31,18 +32,30 @@ from ehr_jax.errors import ConfigError, DataError, EhrJaxError
 
 def prepare(meds_dir: str | os.PathLike, out_dir: str | os.PathLike, *, min_code_count: int = 10,
             num_quantiles: int = 10, records_per_shard: int = 2000) -> dict:
-    """Tokenizes a MEDS dataset into shards; returns the manifest (reused when up to date)."""
+    """Tokenizes a MEDS dataset into shards; returns the manifest (reused when up to date).
+
+    A lock file serialises concurrent calls on one machine (e.g. parallel runs of a sweep).
+    """
     settings = _check_settings(min_code_count, num_quantiles, records_per_shard)
     ds = meds.open_dataset(meds_dir)
     out_dir = Path(out_dir).expanduser().resolve()
-    fingerprint = _input_fingerprint(ds)
-    settings_hash = _settings_hash(settings)
-    existing = _reusable_manifest(out_dir, fingerprint, settings_hash)
-    if existing is not None:
-        logging.info("Reusing %s: same inputs and settings (tokenizer %s)", out_dir, existing["tokenizer_hash"])
-        return existing
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fingerprint, settings_hash = _input_fingerprint(ds), _settings_hash(settings)
+        existing = _reusable_manifest(out_dir, fingerprint, settings_hash)
+        if existing is not None:
+            logging.info("Reusing %s: same inputs and settings (tokenizer %s)", out_dir, existing["tokenizer_hash"])
+            return existing
+        _clear_outputs(out_dir)
+        return _build(ds, out_dir, settings, {"settings_hash": settings_hash, "input_fingerprint": fingerprint})
+
+
+def _build(ds: meds.MedsDataset, out_dir: Path, settings: dict, hashes: dict) -> dict:
+    """Fit on train, then encode every split; the manifest is written last."""
     start = time.perf_counter()
-    _clear_outputs(out_dir)
+    min_code_count, num_quantiles = settings["min_code_count"], settings["num_quantiles"]
+    records_per_shard = settings["records_per_shard"]
     train_dropped: collections.Counter = collections.Counter()
     tok = vocab.fit(meds.iter_split_frames(ds, "train", train_dropped),
                     min_code_count=min_code_count, num_quantiles=num_quantiles)
@@ -54,10 +67,10 @@ def prepare(meds_dir: str | os.PathLike, out_dir: str | os.PathLike, *, min_code
                             "expected at least one to fit the vocabulary")
     shards.write_json_atomic(out_dir / shards.VOCAB, {"tokens": tok.tokens})
     shards.write_json_atomic(out_dir / tokenize.TOKENIZER_FILE, tok.to_json())
-    manifest = {"vocab_size": len(tok.tokens), "settings": settings, "settings_hash": settings_hash,
+    manifest = {"vocab_size": len(tok.tokens), "settings": settings, **hashes,
                 "tokenizer_hash": tok.hash(), "tokenizer_version": tokenize.TOKENIZER_VERSION,
                 "meds_dir": str(ds.root), "layout": ds.layout, "provenance": meds.provenance(ds),
-                "input_fingerprint": fingerprint, "ignored_files": len(ds.ignored_files), "splits": splits}
+                "ignored_files": len(ds.ignored_files), "splits": splits}
     shards.write_json_atomic(out_dir / shards.MANIFEST, manifest)
     seconds = time.perf_counter() - start
     events = sum(s["num_events"] for s in splits.values())
@@ -156,13 +169,19 @@ def ensure_prepared(config, workdir: str | os.PathLike) -> str:
         prepare(meds_dir, prepared_dir, min_code_count=data.min_code_count,
                 num_quantiles=data.num_quantiles, records_per_shard=data.records_per_shard)
 
+    error = None
     if jax.process_index() == 0:
-        build()
+        try:
+            build()
+        except Exception as e:  # still reach the barrier, so other processes fail instead of hanging
+            error = e
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("ehr_jax.prepare.ensure_prepared")
         if jax.process_index() != 0 and not (prepared_dir / shards.MANIFEST).exists():
             build()
+    if error is not None:
+        raise error
     return str(prepared_dir)
 
 
