@@ -37,11 +37,18 @@ class Events:
 
 
 def acuity_at(stays: Stays, stay_ix: np.ndarray, day: np.ndarray) -> np.ndarray:
-    """Acute state during a stay: resolves for survivors, worsens towards death for the others."""
+    """Acute state during a stay: worsens towards death, or towards a late ICU transfer, else resolves."""
     a0, start = stays.acuity[stay_ix], stays.start[stay_ix]
     elapsed = day - start
     los = np.maximum(stays.end[stay_ix] - start, 0.05)
-    return np.where(stays.died[stay_ix], a0 + 1.5 * elapsed / los, a0 * np.exp(-elapsed / 2.0))
+    to_icu = stays.icu_start[stay_ix] - start
+    late_icu = stays.icu[stay_ix] & (to_icu > 0.5)
+    peak_at = np.where(late_icu, to_icu, 0.0)
+    peak = a0 + np.where(late_icu, 1.0, 0.0)
+    rising = a0 + (peak - a0) * elapsed / np.maximum(peak_at, 0.05)
+    resolving = peak * np.exp(-np.maximum(elapsed - peak_at, 0.0) / 2.0)
+    survivor = np.where(elapsed < peak_at, rising, resolving)
+    return np.where(stays.died[stay_ix], a0 + 1.5 * elapsed / los, survivor)
 
 
 def _lab_params(arrays: dict) -> dict:

@@ -49,6 +49,10 @@ class Subjects:
     rate_SxK: np.ndarray  # severity growth per year since onset
     lab_offset_SxL: np.ndarray  # the patient's own baseline for each measurement (sd units)
     body_z: np.ndarray  # body size (weight/BMI) offset
+    # Hidden per-patient tendencies, visible only through past stays (long-range signal):
+    icu_prop: np.ndarray  # goes to the ICU more often than the acute state alone implies
+    los_prop: np.ndarray  # slow recovery: longer stays
+    readmit_prop: np.ndarray  # non-adherence / social risk: early readmission, against-advice discharge
 
 
 def severity(subjects: Subjects, idx: np.ndarray, day: np.ndarray) -> np.ndarray:
@@ -88,7 +92,8 @@ def sample_subjects(rng: np.random.Generator, n: int, arrays: dict) -> Subjects:
         icd10_switch=window_start + rng.uniform(-4, 9, n) * DAYS_PER_YEAR,
         onset_SxK=onset, rate_SxK=rate,
         lab_offset_SxL=rng.normal(0, 0.35, (n, len(arrays["lab_code"]))).astype(np.float32),
-        body_z=rng.normal(0, 1, n),
+        body_z=rng.normal(0, 1, n), icu_prop=rng.normal(0, 0.8, n), los_prop=rng.normal(0, 0.35, n),
+        readmit_prop=rng.normal(0, 0.7, n),
     )
 
 
@@ -134,7 +139,7 @@ def _admission_code(rng, acute, arrays):
     return np.where(elective, el, em)
 
 
-def _discharge_location(rng, age_term, burden, sev, acute, los, icu, died):
+def _discharge_location(rng, age_term, burden, sev, acute, los, icu, died, readmit_prop):
     cond = lambda name: sev[:, _COND[name]]
     is_acute = lambda name: (acute == _ACUTE[name]).astype(float)
     logits = np.stack([
@@ -144,7 +149,7 @@ def _discharge_location(rng, age_term, burden, sev, acute, los, icu, died):
         -2.2 + 0.3 * age_term + 2.0 * (is_acute("hipfx") + is_acute("stroke") + is_acute("joint_repl")),
         -5.0 + 0.9 * burden + 3.0 * cond("cancer") + 1.5 * cond("dementia"),  # HOSPICE
         -4.5 + 1.2 * icu + 0.4 * (los > 14),  # LTAC
-        -4.5 + 2.5 * (cond("aud") + cond("oud")),  # AGAINST ADVICE
+        -4.8 + 2.5 * (cond("aud") + cond("oud")) + readmit_prop,  # AGAINST ADVICE
         -8.0 + 7.0 * is_acute("psych"),  # PSYCH FACILITY
     ], axis=1)
     return np.where(died, len(T.DISCHARGE_LOCATIONS) - 1, _categorical(rng, logits))
@@ -160,17 +165,20 @@ def _one_stay(rng, subjects: Subjects, idx, start, recent, arrays) -> dict:
     burden = sev @ arrays["cond_weight"] + 0.12 * age_term + frail
     acute = _categorical(rng, arrays["acute_base"] + sev @ arrays["acute_cond"].T)
     acuity = arrays["acute_sev"][acute] + 0.3 * burden + rng.normal(0, 0.6, n)
-    icu = rng.random(n) < _sigmoid(-1.9 + arrays["acute_icu"][acute] + 1.1 * (acuity - 0.6) + 0.15 * burden)
-    log_los = (np.log(0.75 * arrays["acute_los"][acute]) + 0.22 * (acuity - arrays["acute_sev"][acute])
-               + 0.55 * icu + 0.1 * burden + rng.normal(0, 0.55, n))
+    icu = rng.random(n) < _sigmoid(-2.2 + arrays["acute_icu"][acute] + 1.1 * (acuity - 0.6) + 0.3 * burden
+                                   + subjects.icu_prop[idx])
+    log_los = (np.log(0.62 * arrays["acute_los"][acute]) + 0.22 * (acuity - arrays["acute_sev"][acute])
+               + 0.55 * icu + 0.15 * burden + 0.08 * age_term + subjects.los_prop[idx] + rng.normal(0, 0.5, n))
     los = np.clip(np.exp(log_los) - 0.3, 0.15, 120.0)
     sev_of = lambda name: sev[:, _COND[name]]
-    death_logit = (-6.1 + 1.0 * acuity + 0.45 * burden + 0.3 * age_term + 0.9 * icu
+    death_logit = (-5.85 + 0.8 * acuity + 0.5 * burden + 0.3 * age_term + 0.9 * icu
                    + 1.6 * sev_of("cancer") + 1.0 * sev_of("cirrh") + 0.8 * sev_of("heme")
                    + 0.6 * sev_of("dementia") + 0.25 * np.log1p(recent))
     died = rng.random(n) < _sigmoid(death_logit)
     los = np.where(died, los * rng.uniform(0.15, 1.0, n) + 0.05, los)
-    icu_offset = np.minimum(rng.exponential(0.25, n), 0.4 * los)
+    # 60% of ICU stays start from the ED within hours; the rest after ward deterioration.
+    late = rng.random(n) < 0.4
+    icu_offset = np.where(late, rng.uniform(1.0, np.maximum(1.05, 0.6 * los)), np.minimum(rng.exponential(0.2, n), 0.4 * los))
     icu_len = np.exp(np.log(1.8) + 0.35 * (acuity - 0.6) + rng.normal(0, 0.6, n))
     icu_len = np.clip(icu_len, 0.4, None)
     los = np.where(icu, np.maximum(los, icu_offset + icu_len + np.where(died, 0.0, 0.3)), los)
@@ -180,7 +188,7 @@ def _one_stay(rng, subjects: Subjects, idx, start, recent, arrays) -> dict:
     unit_pick = rng.random(n)
     unit = np.where(unit_pick < 0.2, T.MSICU, np.where(unit_pick < 0.28, T.MICU, arrays["acute_unit"][acute]))
     vent = icu & (rng.random(n) < _sigmoid(-1.2 + 1.2 * (acuity - 1.0)))
-    discharge = _discharge_location(rng, age_term, burden, sev, acute, los, icu, died)
+    discharge = _discharge_location(rng, age_term, burden, sev, acute, los, icu, died, subjects.readmit_prop[idx])
     return dict(subj=idx, start=start, end=end, acute=acute, acuity=acuity, icu=icu, icu_start=icu_start,
                 icu_end=icu_end, unit=unit, vent=vent, died=died, discharge=discharge,
                 admission_code=_admission_code(rng, acute, arrays),
@@ -188,14 +196,16 @@ def _one_stay(rng, subjects: Subjects, idx, start, recent, arrays) -> dict:
                 burden=burden, age=age)
 
 
-def _next_admission(rng, stay: dict, recent, frail):
+def _next_admission(rng, stay: dict, recent, frail, readmit_prop):
     """Gap to the next stay (readmission clusters) and time of an out-of-hospital death."""
     n = len(stay["subj"])
     burden, los = stay["burden"], stay["end"] - stay["start"]
     hospice = stay["discharge"] == T.DISCHARGE_LOCATIONS.index("HOSPICE")
     snf = stay["discharge"] == T.DISCHARGE_LOCATIONS.index("SKILLED NURSING FACILITY")
-    early = rng.random(n) < _sigmoid(-2.85 + 0.5 * burden + 0.35 * np.log1p(recent) + 0.35 * (los > 7)
-                                     + 0.3 * stay["icu"] + 0.3 * snf + 0.3 * frail)
+    against_advice = stay["discharge"] == T.DISCHARGE_LOCATIONS.index("AGAINST ADVICE")
+    early = rng.random(n) < _sigmoid(-3.0 + 0.5 * burden + 0.5 * np.log1p(recent) + 0.35 * (los > 7)
+                                     + 0.3 * stay["icu"] + 0.3 * snf + 0.8 * against_advice + 0.3 * frail
+                                     + readmit_prop)
     long_gap = rng.exponential(2600.0 * np.exp(-0.4 * burden - 0.2 * frail), n)
     gap = np.where(early, 1.0 + rng.exponential(11.0, n), 20.0 + long_gap)
     hazard_per_year = 0.004 * np.exp(0.6 * burden + 0.25 * (stay["age"] - 65) / 10) + 4.0 * hospice
@@ -226,7 +236,8 @@ def simulate(rng: np.random.Generator, subjects: Subjects, arrays: dict) -> Time
         stays.append(stay)
         recent[idx] += 1.0
         last_end[idx] = stay["end"]
-        next_start, death_day = _next_admission(rng, stay, recent[idx], subjects.frailty[idx])
+        next_start, death_day = _next_admission(rng, stay, recent[idx], subjects.frailty[idx],
+                                                subjects.readmit_prop[idx])
         died_out = ~stay["died"] & (death_day < next_start) & (death_day < subjects.window_end[idx])
         death[idx] = np.where(stay["died"], stay["end"], np.where(died_out, death_day, np.nan))
         gap_end = np.where(died_out, death_day, np.minimum(next_start, subjects.window_end[idx]))
