@@ -81,6 +81,18 @@ def test_prepare_is_deterministic(tmp_path):
     assert _shard_digests(tmp_path / "a") == _shard_digests(tmp_path / "b")
 
 
+def test_vocabulary_and_bins_ignore_tuning_and_held_out(tmp_path):
+    meds_dir = small_dataset(tmp_path / "meds")
+    before = prep.prepare(meds_dir, tmp_path / "a", **SETTINGS)
+    held_out = frame(patient(200, [(0, "LAB//50912//mg/dL", 1e6)] + [(i, f"NEW{i}", None) for i in range(1, 30)]))
+    held_out.write_parquet(meds_dir / "data/held_out/0.parquet")
+    after = prep.prepare(meds_dir, tmp_path / "b", **SETTINGS)
+    assert after["tokenizer_hash"] == before["tokenizer_hash"]
+    assert shards.read_vocab(tmp_path / "a") == shards.read_vocab(tmp_path / "b")
+    train = lambda out: {k: v for k, v in _shard_digests(out).items() if k.startswith("train/")}  # noqa: E731
+    assert train(tmp_path / "a") == train(tmp_path / "b")
+
+
 def test_batched_reading_matches_whole_file(tmp_path, monkeypatch):
     meds_dir = small_dataset(tmp_path / "meds")
     prep.prepare(meds_dir, tmp_path / "whole", **SETTINGS)
