@@ -1,0 +1,108 @@
+"""Trainer contracts: run length, schedule, run dir and summary, NaN guard."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import train_fixtures
+
+train_fixtures.use_compile_cache()
+from ehr_jax import prepare
+from ehr_jax.data import tokenize
+from ehr_jax.errors import ConfigError, EhrJaxError
+from ehr_jax.train import optim, trainer
+
+SUMMARY_FIELDS = {
+    "run_name", "n_params", "n_params_non_embedding", "n_layers", "d_model", "tokens_seen",
+    "flops", "flops_per_token", "flops_6nd", "final_train_loss", "val_loss", "epochs_over_data",
+    "steps", "wall_s", "tokens_per_s", "mfu", "device_kind", "num_devices", "config",
+    "etl_name", "etl_version", "meds_version", "tokenizer_hash", "flop_convention",
+    "loss_by_token_type"}
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+    return train_fixtures.write_prepared(str(tmp_path_factory.mktemp("prepared")))
+
+
+@pytest.fixture(autouse=True)
+def use_fixture_data(monkeypatch):
+    """The tests bring their own tiny prepared dir instead of generating MEDS."""
+    monkeypatch.setattr(prepare, "ensure_prepared", lambda config, workdir: config.data.prepared_dir)
+
+
+def _train(**kw):
+    config = train_fixtures.base_config().train
+    for key, value in kw.items():
+        config[key] = value
+    return config
+
+
+def test_run_length_from_exactly_one_budget():
+    assert optim.num_steps(_train(steps=7), tokens_per_step=100, flops_per_token=10.0) == 7
+    assert optim.num_steps(_train(steps=0, tokens=1000), tokens_per_step=100,
+                           flops_per_token=10.0) == 10
+    assert optim.num_steps(_train(steps=0, flops=1e5), tokens_per_step=100,
+                           flops_per_token=10.0) == 100
+    for bad in (_train(steps=0), _train(steps=5, tokens=1000)):
+        with pytest.raises(ConfigError, match="exactly one of train.steps"):
+            optim.num_steps(bad, tokens_per_step=100, flops_per_token=10.0)
+
+
+def test_schedule_warms_up_then_reaches_floor_on_last_step():
+    steps, peak = 100, 1e-3
+    schedule = optim.learning_rate_schedule(peak, steps, warmup_frac=0.1, min_lr_ratio=0.1)
+    lrs = np.array([float(schedule(t)) for t in range(steps)])
+    assert lrs[0] == pytest.approx(peak / 10)
+    assert lrs[9] == pytest.approx(peak)
+    assert np.all(np.diff(lrs[:10]) > 0) and np.all(np.diff(lrs[10:]) < 0)
+    assert lrs[-1] == pytest.approx(peak * 0.1)
+
+
+def test_learning_rate_from_config_or_width_rule():
+    assert optim.peak_learning_rate(_train(lr=1e-4), d_model=512) == 1e-4
+    narrow = optim.peak_learning_rate(_train(lr=0.0), d_model=128)
+    wide = optim.peak_learning_rate(_train(lr=0.0), d_model=1024)
+    assert wide < narrow
+    assert optim.peak_learning_rate(_train(lr=0.0), d_model=optim.BASE_WIDTH) == optim.BASE_LR
+
+
+def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
+    config = train_fixtures.tiny_config(prepared_dir, steps=12)
+    summary = trainer.run(config, str(tmp_path))
+    assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "summary.json"} <= set(
+        os.listdir(tmp_path))
+    assert os.listdir(tmp_path / "tensorboard")
+    assert SUMMARY_FIELDS <= set(summary)
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 12
+    assert summary["tokens_seen"] == 12 * 8 * 32
+    assert summary["flops"] == pytest.approx(summary["tokens_seen"] * summary["flops_per_token"])
+    assert summary["flops_6nd"] == pytest.approx(6 * summary["n_params"] * summary["tokens_seen"])
+    assert summary["tokenizer_hash"] == "test-hash" and summary["num_devices"] == 8
+    assert "subject_id" not in (tmp_path / "summary.json").read_text()
+    assert set(summary["loss_by_token_type"]) <= set(tokenize.TOKEN_TYPE_NAMES)
+    assert math.isfinite(summary["val_loss"]) and 0 < summary["mfu"] < 1
+    # keep-N checkpoints, the last one at the final step
+    assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [4, 8, 12]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in logged] == [2, 4, 6, 8, 10, 12]
+    assert {"lr", "grad_norm", "tokens_per_s", "mfu", "tokens_seen", "flops_seen"} <= set(logged[0])
+    assert logged[-1]["loss"] < logged[0]["loss"]  # it learns the pattern
+    assert [r["step"] for r in rows if "val_loss" in r] == [4, 8, 12]
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoint(prepared_dir, tmp_path):
+    config = train_fixtures.tiny_config(prepared_dir, steps=12)
+    config.train.lr = 1e30  # the first update blows the weights up
+    config.train.warmup_frac = 0.0
+    config.train.checkpoint_every = 1
+    with pytest.raises(EhrJaxError, match=r"at step (\d+) is not finite") as error:
+        trainer.run(config, str(tmp_path))
+    bad_step = int(error.value.args[0].split("at step ")[1].split()[0])
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert saved and max(saved) < bad_step
+    assert not (tmp_path / "summary.json").exists()
