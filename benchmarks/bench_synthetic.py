@@ -18,15 +18,17 @@ import time
 
 from absl import app, flags
 
-from ehr_jax.data import synthetic  # also defines --out and --seed, used by the child run
+from ehr_jax.data import synthetic
 
 _SIZES = flags.DEFINE_list("sizes", ["10000", "100000"], "Numbers of subjects to generate.")
+_SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")
 _CHILD = flags.DEFINE_integer("child", 0, "Internal: generate this many subjects and print JSON.")
+_CHILD_OUT = flags.DEFINE_string("child_out", "", "Internal: output directory of the child run.")
 
 
 def _child(num_subjects: int, out: str) -> None:
     start_wall, start_cpu = time.perf_counter(), time.process_time()
-    counts = synthetic.generate(out, num_subjects, seed=flags.FLAGS.seed)
+    counts = synthetic.generate(out, num_subjects, seed=_SEED.value)
     wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size_mb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs) / 2**20
@@ -39,15 +41,15 @@ def _child(num_subjects: int, out: str) -> None:
 def main(argv) -> None:
     del argv
     if _CHILD.value:
-        _child(_CHILD.value, flags.FLAGS.out)
+        _child(_CHILD.value, _CHILD_OUT.value)
         return
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, python {platform.python_version()}")
     for size in _SIZES.value:
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()[0]
-            result = subprocess.run([sys.executable, __file__, f"--child={size}", f"--out={tmp}/meds",
-                                     f"--seed={flags.FLAGS.seed}"], capture_output=True, text=True, check=True)
+            result = subprocess.run([sys.executable, __file__, f"--child={size}", f"--child_out={tmp}/meds",
+                                     f"--seed={_SEED.value}"], capture_output=True, text=True, check=True)
             row = json.loads(result.stdout.strip().splitlines()[-1])
             row["load_avg_1m_before"] = round(load, 1)
             print(json.dumps(row))

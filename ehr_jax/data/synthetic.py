@@ -243,20 +243,27 @@ def generate(out_dir: str | os.PathLike, num_subjects: int, seed: int = 0, subje
             "splits": {w.split: {"subjects": w.subjects, "events": w.events, "files": w.files} for w in writers}}
 
 
-_OUT = flags.DEFINE_string("out", None, "Output MEDS root directory.")
-_NUM_SUBJECTS = flags.DEFINE_integer("num_subjects", 5000, "Patients to generate.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed (same seed and size give the same data).")
-_SUBJECTS_PER_SHARD = flags.DEFINE_integer("subjects_per_shard", 10_000, "Patients per parquet file.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace data/ and metadata/ if the output exists.")
+def _define_flags() -> None:
+    """CLI flags, defined only when run as a script so importers' flag sets stay clean."""
+    flags.DEFINE_string("out", None, "Output MEDS root directory.")
+    flags.DEFINE_integer("num_subjects", 5000, "Patients to generate.")
+    flags.DEFINE_integer("seed", 0, "Random seed (same seed and size give the same data).")
+    flags.DEFINE_integer("subjects_per_shard", 10_000, "Patients per parquet file.")
+    flags.DEFINE_bool("overwrite", False, "Replace data/ and metadata/ if the output exists.")
 
 
 def main(argv) -> None:
     del argv
-    if not _OUT.value:
+    f = flags.FLAGS
+    if not f.out:
         raise app.UsageError("--out is required")
-    counts = generate(_OUT.value, _NUM_SUBJECTS.value, _SEED.value, _SUBJECTS_PER_SHARD.value, _OVERWRITE.value)
+    try:
+        counts = generate(f.out, f.num_subjects, f.seed, f.subjects_per_shard, f.overwrite)
+    except (ConfigError, DataError) as e:
+        raise app.UsageError(str(e)) from None
     print(json.dumps(counts, indent=2))
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
