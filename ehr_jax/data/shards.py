@@ -83,7 +83,8 @@ def write_split(records: Iterable[PatientRecord], prepared_dir: str | os.PathLik
         lengths.append((len(record.tokens), record.n_prefix))
         if writer is None:
             path = shard_path(prepared_dir, split, len(shards))
-            writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+            # zstd level 1: twice the write speed of the default level 3 at about the same size
+            writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1,zstd:1")
         writer.write(encode_record(record))
         count += 1
         n_tokens += len(record.tokens)
