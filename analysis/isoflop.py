@@ -67,7 +67,8 @@ class IsoflopFit:
 
     def to_json(self) -> dict:
         law = lambda p, name: p.to_json(name) if p is not None else None  # noqa: E731
-        return {"profiles": [p.to_json() for p in self.profiles], "n_opt": law(self.n_opt, "a"),
+        return {"profiles": [p.to_json() for p in self.profiles],
+                "n_budgets_interior": sum(p.interior for p in self.profiles), "n_opt": law(self.n_opt, "a"),
                 "d_opt": law(self.d_opt, "b"), "loss_opt": law(self.loss_opt, "exponent")}
 
 
@@ -130,18 +131,23 @@ def fit_profile(budget: float, points: Points, weights_RxP: np.ndarray, level: f
         loss_opt=None, boot_n_opt=to_n(boot_u), boot_d_opt=to_d(boot_u), boot_loss_opt=boot_loss)
     sizes = f"sizes tried {points.n.min():.3g}-{points.n.max():.3g}"
     if not coeffs[0] > 0:
-        profile.note = f"parabola opens downward (no minimum; {sizes}): losses do not turn up on either side"
+        profile.note = f"parabola is flat or opens downward (no minimum; {sizes})"
         return profile
     u0 = float(u_min[0])
-    profile.n_opt = powerlaw.interval(float(to_n(u0)), profile.boot_n_opt, level)
-    profile.d_opt = powerlaw.interval(float(to_d(u0)), profile.boot_d_opt, level)
-    profile.loss_opt = powerlaw.interval(float(loss_min[0]), boot_loss, level)
     if not u.min() < u0 < u.max():
         side = "below the smallest" if u0 <= u.min() else "above the largest"
         profile.note = (f"minimum N={to_n(u0):.3g} lies {side} size tried ({sizes}): "
                         "the grid does not bracket the optimum")
+        # An extrapolated vertex has no meaningful interval: report the point only.
+        nan = float("nan")
+        profile.n_opt = Estimate(float(to_n(u0)), nan, nan)
+        profile.d_opt = Estimate(float(to_d(u0)), nan, nan)
+        profile.loss_opt = Estimate(float(loss_min[0]), nan, nan)
         return profile
     profile.interior = True
+    profile.n_opt = powerlaw.interval(float(to_n(u0)), profile.boot_n_opt, level)
+    profile.d_opt = powerlaw.interval(float(to_d(u0)), profile.boot_d_opt, level)
+    profile.loss_opt = powerlaw.interval(float(loss_min[0]), boot_loss, level)
     return profile
 
 

@@ -39,7 +39,9 @@ def _ci(est) -> str:
 
 def _isoflop_lines(s: study.Study) -> list[str]:
     iso = s.isoflop
-    lines = ["IsoFLOP profiles (approach 2): per budget, N_opt [95% CI], L at the minimum"]
+    interior = sum(p.interior for p in iso.profiles)
+    lines = [f"IsoFLOP profiles (approach 2; {interior} of {len(iso.profiles)} budgets with an interior minimum): "
+             "N_opt, D_opt, L at the minimum [95% CI]"]
     for p in iso.profiles:
         state = "interior" if p.interior else "EXCLUDED: " + p.note
         lines.append(f"  C={p.budget:.3g}: {len(p.n)} runs, N_opt {_ci(p.n_opt)}, D_opt {_ci(p.d_opt)}, "
@@ -107,9 +109,9 @@ def write_report(s: study.Study, out_dir: str) -> list[str]:
     return written + [fit_path] + [os.path.join(out_dir, n) for n in ("report.txt", "report.md")]
 
 
-def main_report(results_path: str, out_dir: str) -> study.Study:
+def main_report(results_path: str, out_dir: str, **analyze_kwargs) -> study.Study:
     """Default analysis of a sweep's results into out_dir (what ehr_jax.sweep calls at the end)."""
-    s = study.analyze(results_path)
+    s = study.analyze(results_path, **analyze_kwargs)
     write_report(s, out_dir)
     print(text_report(s), end="")
     return s

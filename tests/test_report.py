@@ -113,6 +113,6 @@ def test_main_report_is_the_sweeps_hook(tmp_path, capsys):
         r["config"] = {"grid_point": r.pop("grid_point")}
     path = tmp_path / "results.jsonl"
     write_jsonl(rows, str(path))
-    s = report.main_report(str(path), str(tmp_path / "analysis"))
+    s = report.main_report(str(path), str(tmp_path / "analysis"), n_boot=100, n_boot_parametric=10)
     assert sorted(set(s.dataset.points.budget)) == [1e15, 1e16, 1e17]
     assert (tmp_path / "analysis" / "fit.json").exists() and "N_opt = k C^a" in capsys.readouterr().out
