@@ -125,6 +125,25 @@ def test_task_prevalences_in_clinical_ranges(dataset):
     assert (died_in["time"] == died_in["end"]).all()  # MEDS_DEATH at the in-hospital death time
 
 
+def test_timelines_are_consistent(dataset):
+    """Stays do not overlap, ICU stays sit inside hospital stays, nothing happens after death."""
+    _, _, df = dataset
+    stays = stay_outcomes(df)
+    assert (stays["end"] > stays["start"]).all()
+    assert (stays.drop_nulls("next_start").select(pl.col("next_start") > pl.col("end")).to_series()).all()
+    n_admissions = df["code"].str.starts_with("HOSPITAL_ADMISSION//").sum()
+    assert len(stays) == n_admissions == df["code"].str.starts_with("HOSPITAL_DISCHARGE//").sum()
+    timed = df.filter(pl.col("time").is_not_null())
+    icu_in = timed.filter(pl.col("code").str.starts_with("ICU_ADMISSION//")).sort("subject_id", "time")
+    icu_out = timed.filter(pl.col("code").str.starts_with("ICU_DISCHARGE//")).sort("subject_id", "time")
+    assert len(icu_in) == len(icu_out) > 0
+    assert (icu_in["code"].str.replace("ICU_ADMISSION", "ICU_DISCHARGE") == icu_out["code"]).all()
+    assert (icu_out["time"] >= icu_in["time"]).all()
+    death = timed.filter(pl.col("code") == "MEDS_DEATH").select("subject_id", pl.col("time").alias("death"))
+    after = timed.join(death, on="subject_id").filter(pl.col("time") > pl.col("death"))
+    assert len(death) > 0 and len(after) == 0
+
+
 def test_code_frequencies_are_heavy_tailed(dataset):
     _, counts, df = dataset
     freq = np.sort(df["code"].value_counts()["count"].to_numpy())[::-1]

@@ -223,7 +223,7 @@ def simulate(rng: np.random.Generator, subjects: Subjects, arrays: dict) -> Time
     first = np.where(first < window, first, rng.uniform(0, 0.9, n) * window)
     start, recent, last_end = subjects.window_start + first, np.zeros(n), np.full(n, np.nan)
     death = np.full(n, np.nan)
-    gaps = [(everyone, subjects.window_start, start)]
+    gaps = [(everyone, subjects.window_start, start.copy())]  # start is updated in place below
     stays: list[dict] = []
     active = np.ones(n, bool)
     for _ in range(MAX_ADMISSIONS):
