@@ -155,10 +155,10 @@ def test_fit_is_deterministic_and_hash_tracks_settings():
 def test_token_types_cover_names():
     tokens = ["[PAD]", "TIME//1h", "Q//3", "AGE//40-44", "GENDER//F", "DIAGNOSIS//ICD10//I50", "PROCEDURE",
               "LAB//RESULT//50912//mg/dL", "MEDICATION//ATC//A10", "HOSPITAL_ADMISSION", "ICU_DISCHARGE//MICU",
-              "MEDS_DEATH", "Blood Pressure", "dynamic//3"]
+              "MEDS_DEATH", "Blood Pressure", "dynamic//3", "TUMOR_STAGE//2"]
     names = [tokenize.TOKEN_TYPE_NAMES[i] for i in tokenize.token_types(tokens)]
     assert names == ["special", "time", "value", "static", "static", "diagnosis", "procedure", "lab",
-                     "medication", "encounter", "encounter", "death", "lab", "other"]
+                     "medication", "encounter", "encounter", "death", "lab", "other", "other"]
 
 
 def test_meds_testing_helpers_generated_dataset_tokenizes(generated_sample_MEDS):

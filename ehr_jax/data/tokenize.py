@@ -50,7 +50,7 @@ BIRTH_CODE = "MEDS_BIRTH"
 TOKEN_TYPE_NAMES = ("special", "time", "value", "static", "diagnosis", "procedure", "lab",
                     "medication", "encounter", "death", "other")
 # Token type by keyword in a token's top-level part, first match wins (see token_types).
-_TYPE_KEYWORDS = (("death", ("DEATH",)), ("static", ("AGE", "GENDER", "SEX", "RACE", "ETHNIC", "MARITAL",
+_TYPE_KEYWORDS = (("death", ("DEATH",)), ("static", ("GENDER", "SEX", "RACE", "ETHNIC", "MARITAL",
                   "LANGUAGE", "INSURANCE", "BIRTH")), ("diagnosis", ("DIAGNOS", "ICD", "DRG")),
                   ("procedure", ("PROCEDURE",)), ("lab", ("LAB", "VITAL", "CHART", "OMR", "BLOOD PRESSURE",
                   "WEIGHT", "HEIGHT", "BMI")),
@@ -136,6 +136,8 @@ def _token_type(token: str) -> str:
         return "time"
     if token.startswith("Q//"):
         return "value"
+    if token.startswith("AGE//"):
+        return "static"
     top = token.split("//", 1)[0].upper()
     for name, keywords in _TYPE_KEYWORDS:
         if any(k in top for k in keywords):
