@@ -170,6 +170,8 @@ def fit_parametric(n: np.ndarray, d: np.ndarray, loss: np.ndarray, n_boot: int =
     boot = []
     with single_threaded_blas():
         theta = _minimize(starts, log_n, log_d, log_l, ones)
+        if theta is None:
+            raise DataError("parametric L(N, D): L-BFGS found no finite optimum from any start; not fitted")
         boot_starts = theta[None, :]  # replicates sit near the full fit; one start suffices
         for counts in rng.multinomial(len(loss), ones / len(loss), size=n_boot):
             fitted = _minimize(boot_starts, log_n, log_d, log_l, counts.astype(float))

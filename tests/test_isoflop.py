@@ -65,6 +65,16 @@ def test_bootstrap_coverage_near_nominal():
     assert 0.75 <= covered_exp / draws <= 1.0
 
 
+def test_approach2_exponent_coverage_near_nominal():
+    """The joint bootstrap (runs resampled in every budget, then the power law) covers the true a."""
+    draws = 40
+    covered = sum(
+        _fit(law_summaries(LAW, BUDGETS, sizes_per_budget=9, span_dex=1.0, noise=0.005, seed=100 + i),
+             n_boot=100, seed=i).n_opt.exponent_ci.covers(LAW.a)
+        for i in range(draws))
+    assert 0.75 <= covered / draws <= 1.0
+
+
 def test_one_budget_says_so():
     fit = _fit(law_summaries(LAW, (1e16,), sizes_per_budget=7))
     assert fit.n_opt is None and fit.d_opt is None
