@@ -125,10 +125,12 @@ def fit_profile(budget: float, points: Points, weights_RxP: np.ndarray, level: f
     d_map = _log_d_map(points.n, points.d)
     to_n = lambda uu: np.exp(uu + center)  # noqa: E731
     to_d = lambda uu: np.exp(d_map(uu + center))  # noqa: E731
+    with np.errstate(over="ignore"):  # a nearly flat replicate puts its vertex at +-inf: dropped later
+        boot_n, boot_d = to_n(boot_u), to_d(boot_u)
     profile = Profile(
         budget=float(budget), c=float(np.exp(np.log(points.c).mean())), n=points.n, d=points.d,
         loss=points.loss, center=center, coeffs=coeffs, interior=False, n_opt=None, d_opt=None,
-        loss_opt=None, boot_n_opt=to_n(boot_u), boot_d_opt=to_d(boot_u), boot_loss_opt=boot_loss)
+        loss_opt=None, boot_n_opt=boot_n, boot_d_opt=boot_d, boot_loss_opt=boot_loss)
     sizes = f"sizes tried {points.n.min():.3g}-{points.n.max():.3g}"
     if not coeffs[0] > 0:
         profile.note = f"parabola is flat or opens downward (no minimum; {sizes})"
