@@ -151,7 +151,7 @@ def outpatient_visits(rng, events: Events, subjects: Subjects, timeline, arrays:
     ok = end > start
     subj, start, end = subj[ok], start[ok], end[ok]
     burden = severity(subjects, subj, start) @ arrays["cond_weight"]
-    rate_per_day = (0.4 + 0.3 * np.clip(burden, 0, 4)) / 365.25
+    rate_per_day = (0.8 + 0.5 * np.clip(burden, 0, 4)) / 365.25
     n_visits = np.minimum(rng.poisson(rate_per_day * (end - start)), 40)
     gap_ix = np.repeat(np.arange(len(subj)), n_visits)
     day = start[gap_ix] + rng.random(len(gap_ix)) * (end - start)[gap_ix]
