@@ -18,16 +18,6 @@ from absl import app, flags
 from analysis import isoflop, parametric, plots, powerlaw, results, study
 from ehr_jax.errors import EhrJaxError
 
-_RESULTS = flags.DEFINE_string("results", None, "a sweep's results.jsonl")
-_OUT = flags.DEFINE_string("out", None, "output directory (default: <results dir>/analysis)")
-_N = flags.DEFINE_enum("n", results.DEFAULT_N, sorted(results.N_KEYS), "model size used by the fits")
-_FLOPS = flags.DEFINE_enum("flops_key", results.DEFAULT_FLOPS, list(results.FLOPS_KEYS), "compute used by the fits")
-_BOOT = flags.DEFINE_integer("n_boot", isoflop.DEFAULT_BOOT, "bootstrap resamples for IsoFLOP, power laws, utility")
-_BOOT_PARAM = flags.DEFINE_integer("n_boot_parametric", parametric.DEFAULT_BOOT, "bootstrap refits of L(N, D)")
-_SEED = flags.DEFINE_integer("seed", 0, "bootstrap seed")
-_LEVEL = flags.DEFINE_float("ci_level", powerlaw.DEFAULT_LEVEL, "two-sided confidence level")
-_BUDGETS = flags.DEFINE_list("budgets", [], "planner budgets in FLOPs (default: 3x, 10x, 100x the largest)")
-
 
 def _ci(est) -> str:
     if est is None:
@@ -117,15 +107,29 @@ def main_report(results_path: str, out_dir: str, **analyze_kwargs) -> study.Stud
     return s
 
 
+def _define_flags() -> None:
+    """CLI flags, defined only when run as a program: the sweep imports this module in-process."""
+    flags.DEFINE_string("results", None, "a sweep's results.jsonl")
+    flags.DEFINE_string("out", None, "output directory (default: <results dir>/analysis)")
+    flags.DEFINE_enum("n", results.DEFAULT_N, sorted(results.N_KEYS), "model size used by the fits")
+    flags.DEFINE_enum("flops_key", results.DEFAULT_FLOPS, list(results.FLOPS_KEYS), "compute used by the fits")
+    flags.DEFINE_integer("n_boot", isoflop.DEFAULT_BOOT, "bootstrap resamples for IsoFLOP, power laws, utility")
+    flags.DEFINE_integer("n_boot_parametric", parametric.DEFAULT_BOOT, "bootstrap refits of L(N, D)")
+    flags.DEFINE_integer("seed", 0, "bootstrap seed")
+    flags.DEFINE_float("ci_level", powerlaw.DEFAULT_LEVEL, "two-sided confidence level")
+    flags.DEFINE_list("budgets", [], "planner budgets in FLOPs (default: 3x, 10x, 100x the largest)")
+
+
 def main(argv) -> None:
     del argv
-    if not _RESULTS.value:
+    args = flags.FLAGS
+    if not args.results:
         sys.exit("--results=DIR/results.jsonl is required")
-    out_dir = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(_RESULTS.value)), "analysis")
+    out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results)), "analysis")
     try:
-        budgets = [float(b) for b in _BUDGETS.value] or None
-        s = study.analyze(_RESULTS.value, n=_N.value, flops_key=_FLOPS.value, n_boot=_BOOT.value,
-                          n_boot_parametric=_BOOT_PARAM.value, seed=_SEED.value, level=_LEVEL.value,
+        budgets = [float(b) for b in args.budgets] or None
+        s = study.analyze(args.results, n=args.n, flops_key=args.flops_key, n_boot=args.n_boot,
+                          n_boot_parametric=args.n_boot_parametric, seed=args.seed, level=args.ci_level,
                           budgets=budgets)
         write_report(s, out_dir)
     except (EhrJaxError, ValueError) as e:
@@ -135,4 +139,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
