@@ -26,10 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.seq_len = 128
     config.model.size = "d32-l1"
     config.train.global_batch_size = 8
-    config.train.steps = 60
+    config.train.steps = 100
     config.train.log_every = 10
-    config.train.eval_every = 30
+    config.train.eval_every = 50
     config.train.eval_tokens = 4096
-    config.train.checkpoint_every = 20
+    config.train.checkpoint_every = 25
     config.train.keep_checkpoints = 2
     return config

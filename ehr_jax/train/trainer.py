@@ -58,6 +58,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     wall_start = time.perf_counter()
     workdir = os.path.abspath(workdir)
     is_writer = jax.process_index() == 0
+    sizes.get_size(config.model.size)  # config mistakes surface before data is prepared
     mesh = parallel.make_mesh(tuple(config.mesh.shape))
 
     # Data: prepared once (process 0 writes), then every process reads its rows of each batch.

@@ -1,0 +1,38 @@
+"""The entry point end to end: CLI flags and overrides, a 2-step run, user errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import train_fixtures
+
+train_fixtures.use_compile_cache()
+
+
+def _main(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ehr_jax.main", *args], cwd=train_fixtures.REPO,
+                          env=train_fixtures.child_env(1), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_main_trains_two_steps_end_to_end_on_synthetic_data(tmp_path):
+    result = _main("--config=configs/smoke.py", f"--workdir={tmp_path}",
+                   "--config.train.steps=2", "--config.train.checkpoint_every=1",
+                   "--config.data.synthetic_subjects=40", "--config.train.eval_tokens=512")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["config"]["train"]["steps"] == 2
+    assert summary["tokens_seen"] == 2 * 8 * 128
+    assert summary["tokenizer_hash"] and summary["etl_name"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["size"] == "d32-l1"
+
+
+def test_user_error_prints_message_without_traceback(tmp_path):
+    result = _main("--config=configs/smoke.py", f"--workdir={tmp_path}",
+                   "--config.model.size=d7-l99", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config.model.size='d7-l99'")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "summary.json").exists()
