@@ -170,9 +170,31 @@ def test_kv_cache_matches_full_forward_pass(tiny_transformer):
         np.testing.assert_allclose(jax.nn.softmax(got), jax.nn.softmax(expected), atol=1e-5)
 
 
+def test_sliding_window_matches_a_fresh_pass_over_the_window(tiny_transformer):
+    """One layer: K/V depend on the token alone, so attending to the last W cached tokens must
+    equal a fresh forward pass over those W tokens (RoPE sees relative positions only)."""
+    window = 4
+    tokens = np.random.default_rng(1).integers(1, 23, (2, 10)).astype(np.int32)
+
+    @nnx.jit
+    def windowed(model, tokens):
+        logits, cache = model.prefill(tokens[:, :window], jnp.ones((2, window), bool), max_len=10)
+        out = [logits]
+        for t in range(window, tokens.shape[1]):
+            logits, cache = model.decode_step(tokens[:, t], zero_shot._slide(cache, window))
+            out.append(logits)
+        return out
+
+    got = windowed(tiny_transformer, jnp.asarray(tokens))
+    fresh = nnx.jit(lambda m, x: m(x)[:, -1])
+    for k, logits in enumerate(got):
+        expected = fresh(tiny_transformer, jnp.asarray(tokens[:, k:k + window]))
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-4)
+
+
 def test_rollouts_run_with_the_real_transformer(tiny_transformer):
     sampler = zero_shot.RolloutSampler(tiny_transformer, prompt_len=4, max_new_tokens=8, num_rollouts=3,
-                                       cases_per_batch=2)
+                                       cases_per_batch=2, window=4)
     prompts, valid = zero_shot.left_pad([np.array([1, 2]), np.array([3, 1, 2, 1])], 4)
     rule = zero_shot.resolve_rule(OutcomeRule(positive=("MEDS_DEATH",), negative=("HOSPITAL_DISCHARGE",)), BIG_VOCAB)
     result = sampler.run(prompts, valid, np.full(2, 1e9), rule)

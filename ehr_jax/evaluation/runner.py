@@ -67,9 +67,9 @@ class EvalSettings:
                 raise ConfigError(f"config.eval.tasks has {unknown}; built-in tasks are "
                                   f"{tasks.BUILTIN_TASKS} (set config.eval.labels_dir for others)")
         seq_len = int(config.data.seq_len)
-        # History gets the training window minus room to generate, but at least half of it:
-        # attention spans beyond the training window were never trained.
-        prompt_len = int(ev.get("prompt_len", 0)) or max(seq_len - int(ev.max_new_tokens), seq_len // 2)
+        # The history fills the training window; rollouts then slide that window (see
+        # zero_shot.RolloutSampler), so no attention span exceeds what training saw.
+        prompt_len = min(int(ev.get("prompt_len", 0)) or seq_len, seq_len)
         return cls(task_names, str(ev.labels_dir), int(ev.num_rollouts), int(ev.max_cases),
                    int(ev.max_new_tokens), bool(ev.probe), int(ev.bootstrap), prompt_len,
                    int(config.seed))
@@ -86,7 +86,7 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict) -> dict:
     splits = ("held_out", "train") if settings.probe else ("held_out",)
     labels = collect_labels(settings, shards.read_manifest(prepared_dir), prepared_dir, splits)
     records = {split: _records_of(prepared_dir, split, labels) for split in splits}
-    predictors = Predictors(model, settings)
+    predictors = Predictors(model, settings, window=int(config.data.seq_len))
     results: dict = {}
     for task in settings.tasks:
         held = labels[task]["held_out"]
@@ -116,12 +116,13 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict) -> dict:
 class Predictors:
     """The model's three ways to give a risk, each compiled once and reused across tasks."""
 
-    def __init__(self, model: nnx.Module, settings: EvalSettings):
+    def __init__(self, model: nnx.Module, settings: EvalSettings, window: int):
         self.settings = settings
         cases_per_batch = max(1, ROLLOUT_BATCH // settings.num_rollouts)
         self.sampler = zero_shot.RolloutSampler(
             model, prompt_len=settings.prompt_len, max_new_tokens=settings.max_new_tokens,
-            num_rollouts=settings.num_rollouts, cases_per_batch=cases_per_batch)
+            num_rollouts=settings.num_rollouts, cases_per_batch=cases_per_batch,
+            window=window)
         self.scorer = zero_shot.NextTokenScorer(model, cases_per_batch=SCORE_BATCH)
         self.representer = probe.Representer(model, prompt_len=settings.prompt_len,
                                              batch_size=SCORE_BATCH)

@@ -88,8 +88,15 @@ class RolloutSampler:
     """
 
     def __init__(self, model: nnx.Module, *, prompt_len: int, max_new_tokens: int,
-                 num_rollouts: int, cases_per_batch: int, temperature: float = 1.0):
+                 num_rollouts: int, cases_per_batch: int, temperature: float = 1.0,
+                 window: int | None = None):
+        """window: attend to at most this many most recent tokens (the training length), so a
+        long rollout never uses attention spans the model was not trained on (RoPE depends
+        only on relative positions, so the sliding window needs no re-encoding)."""
+        if window is not None and prompt_len > window:
+            raise ValueError(f"prompt_len {prompt_len} is longer than the attention window {window}")
         self.graphdef, self.state = nnx.split(model)
+        self.window = window
         self.prompt_len, self.max_new_tokens = prompt_len, max_new_tokens
         self.num_rollouts, self.cases_per_batch = num_rollouts, cases_per_batch
         self.temperature = temperature
@@ -130,7 +137,7 @@ class RolloutSampler:
                      reason=zeros_i, outcome=zeros_b, grace=zeros_i, new_tokens=zeros_i,
                      elapsed=jnp.zeros(n, jnp.float32))
         step = functools.partial(_decode_step, model, positive_V, negative_V, seconds_V, horizon_N,
-                                 horizon_outcome, self.temperature)
+                                 horizon_outcome, self.temperature, self.window)
         carry = jax.lax.while_loop(
             lambda c: (c["step"] < self.max_new_tokens) & jnp.any(c["reason"] == RUNNING), step, carry)
         shape = (prompts_CxP.shape[0], r)
@@ -139,10 +146,10 @@ class RolloutSampler:
 
 
 def _decode_step(model, positive_V, negative_V, seconds_V, horizon_N, horizon_outcome: bool,
-                 temperature: float, carry: dict) -> dict:
+                 temperature: float, window: int | None, carry: dict) -> dict:
     """Sample one token per rollout, apply the stop rules, feed the token back through the cache."""
     key, sample_key = jax.random.split(carry["key"])
-    token_N = jax.random.categorical(sample_key, carry["logits"] / temperature).astype(jnp.int32)
+    token_N = sample_tokens(sample_key, carry["logits"] / temperature)
     running = carry["reason"] == RUNNING
     closing = running & (carry["grace"] > 0)
     is_positive, is_negative = positive_V[token_N], negative_V[token_N]
@@ -157,10 +164,30 @@ def _decode_step(model, positive_V, negative_V, seconds_V, horizon_N, horizon_ou
     closed = closing & ~hit_outcome & (is_time | (grace > GRACE_TOKENS))
     reason = jnp.select([hit_outcome, past_horizon, closed], [OUTCOME, HORIZON, STOPPED], carry["reason"])
     outcome = carry["outcome"] | hit_outcome | (past_horizon & horizon_outcome)
-    logits, cache = model.decode_step(token_N, carry["cache"])
+    logits, cache = model.decode_step(token_N, _slide(carry["cache"], window))
     return dict(step=carry["step"] + 1, logits=logits, cache=cache, key=key, reason=reason,
                 outcome=outcome, grace=grace, elapsed=elapsed,
                 new_tokens=carry["new_tokens"] + running.astype(jnp.int32))
+
+
+def _slide(cache, window: int | None):
+    """Masks the slot that falls out of the window before the next token is written."""
+    if window is None:
+        return cache
+    oldest = cache.index - (window - 1)  # keys kept: the window - 1 newest plus the new token
+    n = cache.valid_BxS.shape[0]
+    dropped = jax.lax.dynamic_update_slice_in_dim(
+        cache.valid_BxS, jnp.zeros((n, 1), bool), jnp.maximum(oldest - 1, 0), axis=1)
+    return cache._replace(valid_BxS=jnp.where(oldest >= 1, dropped, cache.valid_BxS))
+
+
+def sample_tokens(key: jax.Array, logits_NxV: jax.Array) -> jax.Array:
+    """One draw per row by inverting the CDF: one uniform per row instead of the V Gumbel
+    draws of jax.random.categorical (random bits dominated the CPU decode step)."""
+    cdf_NxV = jnp.cumsum(jax.nn.softmax(logits_NxV.astype(jnp.float32), axis=-1), axis=-1)
+    u_Nx1 = jax.random.uniform(key, (logits_NxV.shape[0], 1)) * cdf_NxV[:, -1:]
+    token_N = jnp.sum(cdf_NxV <= u_Nx1, axis=-1, dtype=jnp.int32)
+    return jnp.minimum(token_N, logits_NxV.shape[-1] - 1)
 
 
 class NextTokenScorer:

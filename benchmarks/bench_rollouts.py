@@ -1,0 +1,90 @@
+"""Zero-shot rollout throughput: prefill tokens/s and generated tokens/s of the jitted sampler.
+
+  python benchmarks/bench_rollouts.py                       # two small sizes, CPU-friendly
+  python benchmarks/bench_rollouts.py --sizes=d128-l4,d256-l6 --cases=64 --rollouts=20
+
+Random weights (speed does not depend on them); a model that never stops, so every rollout
+runs to max_new_tokens and the count of generated tokens is exact. Compile time is reported
+apart. Prints the machine (device kind, CPU count, load average): on a shared machine the
+numbers are noisy, so compare runs made side by side.
+"""
+
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from ehr_jax.evaluation import zero_shot
+from ehr_jax.evaluation.tasks import OutcomeRule
+from ehr_jax.model import transformer
+
+_SIZES = flags.DEFINE_list("sizes", ["d32-l1", "d64-l2"], "Model sizes from the ladder.")
+_VOCAB = flags.DEFINE_integer("vocab", 1024, "Vocabulary size.")
+_PROMPT = flags.DEFINE_integer("prompt_len", 128, "Prompt tokens per case.")
+_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Generated tokens per rollout.")
+_CASES = flags.DEFINE_integer("cases", 16, "Cases per batch.")
+_ROLLOUTS = flags.DEFINE_integer("rollouts", 20, "Rollouts per case.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed batches after the compile.")
+
+
+def machine() -> str:
+    device = jax.devices()[0]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    return (f"{device.platform}:{device.device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
+            f"load avg {load[0]:.1f}, {platform.processor() or platform.machine()}, jax {jax.__version__}")
+
+
+def bench_size(size: str) -> dict:
+    model_cfg = transformer.model_config(ml_collections.ConfigDict({"size": size, "dtype": "auto"}),
+                                         _VOCAB.value, _PROMPT.value)
+    model = nnx.jit(lambda: transformer.Transformer(model_cfg, rngs=nnx.Rngs(0)))()
+    vocab = [f"T{i}" for i in range(_VOCAB.value)]
+    rule = zero_shot.resolve_rule(OutcomeRule(positive=("NEVER",), negative=("NEVER",)), vocab)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(4, _VOCAB.value, _PROMPT.value) for _ in range(_CASES.value)]
+    tokens, valid = zero_shot.left_pad(prompts, _PROMPT.value)
+    horizon = np.full(_CASES.value, np.inf)
+    sampler = zero_shot.RolloutSampler(model, prompt_len=_PROMPT.value, max_new_tokens=_NEW.value,
+                                       num_rollouts=_ROLLOUTS.value, cases_per_batch=_CASES.value)
+    t0 = time.perf_counter()
+    sampler.run(tokens, valid, horizon, rule, seed=0)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generated = 0
+    for repeat in range(_REPEATS.value):
+        generated += int(sampler.run(tokens, valid, horizon, rule, seed=repeat + 1).new_tokens_CxR.sum())
+    rollout_s = (time.perf_counter() - t0) / _REPEATS.value
+
+    # Prefill alone (the rollout's first phase), on the same prompts.
+    graphdef, state = nnx.split(model)
+    prefill = jax.jit(lambda s, t, v: nnx.merge(graphdef, s).prefill(t, v, max_len=t.shape[1])[0])
+    prefill(state, jnp.asarray(tokens), jnp.asarray(valid)).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(_REPEATS.value):
+        prefill(state, jnp.asarray(tokens), jnp.asarray(valid)).block_until_ready()
+    prefill_s = (time.perf_counter() - t0) / _REPEATS.value
+    return {"size": size, "compile_s": compile_s, "rollout_s": rollout_s,
+            "generated_tok_s": generated / _REPEATS.value / rollout_s,
+            "prefill_tok_s": tokens.size / prefill_s, "traces": sampler.traces}
+
+
+def main(argv) -> None:
+    del argv
+    print(f"machine: {machine()}")
+    print(f"batch: {_CASES.value} cases x {_ROLLOUTS.value} rollouts = {_CASES.value * _ROLLOUTS.value} "
+          f"sequences, prompt {_PROMPT.value}, {_NEW.value} new tokens, vocab {_VOCAB.value}")
+    for size in _SIZES.value:
+        r = bench_size(size)
+        print(f"{r['size']:>10}: generated {r['generated_tok_s']:,.0f} tok/s "
+              f"({r['rollout_s']:.2f}s per batch), prefill {r['prefill_tok_s']:,.0f} tok/s, "
+              f"compile {r['compile_s']:.1f}s, traces {r['traces']}")
+
+
+if __name__ == "__main__":
+    app.run(main)
