@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 from absl import logging
+import flax.core.spmd as core_spmd
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -76,6 +77,20 @@ def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partitio
         ways = math.prod(mesh.shape[n] for n in names)
         fitted.append(axes if ways > 1 and dim % ways == 0 else None)
     return PartitionSpec(*fitted)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's sharding by logical names when traced under jax.set_mesh(mesh).
+
+    Without a mesh in context this is the identity, so model code runs unchanged on one device.
+    Rules come from nnx.logical_axis_rules(...) when set, else LOGICAL_AXIS_RULES.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    rules = dict(core_spmd.get_logical_axis_rules() or LOGICAL_AXIS_RULES)
+    spec = PartitionSpec(*(rules.get(a) if a is not None else None for a in logical_axes))
+    return jax.lax.with_sharding_constraint(x, _fit_spec(spec, x.shape, mesh))
 
 
 def _variable_sharding(var: nnx.Variable, mesh: Mesh) -> NamedSharding:

@@ -13,10 +13,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ehr_jax import parallel
 from ehr_jax.errors import ConfigError
 from ehr_jax.model import sizes
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The residual stream is split by batch only (weights are gathered for it: FSDP); no-op off-mesh.
+_ACTIVATION_AXES = ("batch", "length", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,20 +218,22 @@ class Transformer(nnx.Module):
             self.head = _param(rngs, _fan_in(0, 1), (d, vocab), ("embed", "vocab"))
 
     def _embed(self, tokens):
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
+        table_VxD = parallel.constrain(self.embed[...], (None, None))  # gather whole, then look up
+        x = jnp.take(table_VxD, tokens, axis=0).astype(self.cfg.compute_dtype)
         return x * math.sqrt(self.cfg.d_model) if self.cfg.tie_embeddings else x
 
     def _logits(self, h_BxLxD):
         w_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         w_DxV = w_DxV.astype(h_BxLxD.dtype)
-        return jnp.einsum("...d,dv->...v", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("...d,dv->...v", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
+        return parallel.constrain(logits, _ACTIVATION_AXES[-logits.ndim:-1] + ("vocab",))
 
     def _hidden(self, tokens_BxL):
-        x = self._embed(tokens_BxL)
+        x = parallel.constrain(self._embed(tokens_BxL), _ACTIVATION_AXES)
         sin, cos = rope_tables(jnp.arange(tokens_BxL.shape[1]), self.cfg.head_dim, self.cfg.rope_theta)
         run = _run_block_remat if self.cfg.remat else _run_block
         for block in self.blocks:
-            x = run(block, x, sin, cos)
+            x = parallel.constrain(run(block, x, sin, cos), _ACTIVATION_AXES)
         return self.final_norm(x)
 
     def __call__(self, tokens_BxL):
