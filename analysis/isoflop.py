@@ -153,6 +153,23 @@ def fit_profile(budget: float, points: Points, weights_RxP: np.ndarray, level: f
     return profile
 
 
+def _resample_weights(n: np.ndarray, n_boot: int, rng: np.random.Generator, max_redraws: int = 50) -> np.ndarray:
+    """Bootstrap counts over one budget's runs, redrawing resamples with < 3 distinct sizes.
+
+    A parabola needs three sizes; conditioning on that keeps small budgets from losing most
+    of their replicates (and with them, every joint replicate of the power laws).
+    """
+    onehot_PxU = (n[:, None] == np.unique(n)[None, :]).astype(float)
+    probs = np.full(len(n), 1 / len(n))
+    counts_RxP = rng.multinomial(len(n), probs, size=n_boot).astype(float)
+    for _ in range(max_redraws):
+        bad = ((counts_RxP @ onehot_PxU) > 0).sum(axis=1) < MIN_SIZES
+        if not bad.any():
+            break
+        counts_RxP[bad] = rng.multinomial(len(n), probs, size=int(bad.sum()))
+    return counts_RxP
+
+
 def _group(points: Points) -> dict[float, Points]:
     return {float(b): points.select(points.budget == b) for b in np.unique(points.budget)}
 
@@ -173,9 +190,16 @@ def fit_isoflop(points: Points, n_boot: int = DEFAULT_BOOT, seed: int = 0,
             warnings.append(f"budget {budget:.3g}: only {n_sizes} distinct size(s) with a finite loss "
                             f"(a parabola needs >= {MIN_SIZES}); budget skipped")
             continue
-        # Resample runs with replacement: multinomial counts are the weights of a refit.
-        weights = rng.multinomial(len(group), np.full(len(group), 1 / len(group)), size=n_boot).astype(float)
-        profiles.append(fit_profile(budget, group, weights, level))
+        profile = fit_profile(budget, group, _resample_weights(group.n, n_boot, rng), level)
+        if n_sizes == MIN_SIZES and profile.interior:
+            # Three sizes: the parabola interpolates them, so resampling runs measures nothing.
+            warnings.append(f"budget {budget:.3g}: only {MIN_SIZES} sizes, so its parabola passes exactly "
+                            "through them and resampling runs cannot measure the minimum's uncertainty "
+                            "(no CI; the power-law CIs understate it): use >= 5 sizes per budget")
+            nan = float("nan")
+            for name in ("n_opt", "d_opt", "loss_opt"):
+                setattr(profile, name, Estimate(getattr(profile, name).value, nan, nan))
+        profiles.append(profile)
     for p in profiles:
         if not p.interior:
             warnings.append(f"budget {p.budget:.3g}: {p.note}; excluded from the N_opt/D_opt/L_opt fits")

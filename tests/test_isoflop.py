@@ -140,3 +140,14 @@ def test_budgets_grouped_from_flops_without_grid_points():
     budgets = np.unique(results.to_dataset("mem.jsonl", rows).points.budget)
     assert len(budgets) == len(BUDGETS)
     assert np.allclose(budgets, BUDGETS, rtol=0.03)
+
+
+def test_three_sizes_give_no_ci_but_keep_the_power_law_replicates():
+    rows = law_summaries(LAW, BUDGETS[1:], sizes_per_budget=7, noise=0.003, seed=4)
+    rows += law_summaries(LAW, BUDGETS[:1], sizes_per_budget=3, noise=0.003, seed=5)
+    fit = _fit(rows, n_boot=200)
+    small = next(p for p in fit.profiles if p.budget == BUDGETS[0])
+    assert small.interior and np.isnan(small.n_opt.lo)
+    assert any("only 3 sizes" in w and "no CI" in w for w in fit.warnings)
+    # Resamples are redrawn until they hold 3 sizes, so (almost) no joint replicate is lost.
+    assert len(fit.n_opt.boot_exponent) >= 190
