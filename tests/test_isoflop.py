@@ -149,5 +149,6 @@ def test_three_sizes_give_no_ci_but_keep_the_power_law_replicates():
     small = next(p for p in fit.profiles if p.budget == BUDGETS[0])
     assert small.interior and np.isnan(small.n_opt.lo)
     assert any("only 3 sizes" in w and "no CI" in w for w in fit.warnings)
-    # Resamples are redrawn until they hold 3 sizes, so (almost) no joint replicate is lost.
-    assert len(fit.n_opt.boot_exponent) >= 190
+    # Resamples are redrawn until they hold 3 sizes; without that only 2/9 of this budget's
+    # resamples (all three runs drawn) could be fitted, and each joint replicate needs all four.
+    assert len(fit.n_opt.boot_exponent) >= 120
