@@ -56,6 +56,16 @@ def test_missing_numeric_value_column_and_extra_columns_are_accepted(tmp_path):
     assert train["numeric_value"].null_count() == train.height
 
 
+def test_compatible_types_are_cast_to_the_contract(tmp_path):
+    df = frame(patient(1, [(0, "A", 1.0), (60, "B", None)])).with_columns(
+        pl.col("code").cast(pl.Categorical), pl.col("subject_id").cast(pl.UInt32),
+        pl.col("time").dt.cast_time_unit("ns"), pl.col("numeric_value").cast(pl.Float64))
+    (train,) = _frames(meds.open_dataset(write_meds(tmp_path, {"train": df})), "train")
+    assert dict(train.schema) == {"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String,
+                                  "numeric_value": pl.Float32}
+    assert train["code"].to_list() == ["GENDER//F", "MEDS_BIRTH", "A", "B"]
+
+
 def test_timezone_aware_times_are_read_as_utc(tmp_path):
     df = frame(patient(1, [(0, "A", None)], birth_years_before=None, static=()))
     df = df.with_columns(pl.col("time").dt.replace_time_zone("UTC").dt.convert_time_zone("Europe/Paris"))
