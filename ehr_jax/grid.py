@@ -48,6 +48,7 @@ def default_grid() -> ml_collections.ConfigDict:
     grid.only = ""  # comma-separated run names to train ("" all): one run per launcher job
     grid.dry_run = False  # print one `ehr_jax.main` command per run instead of training
     grid.analysis = True  # fit the scaling laws and plot into <workdir>/analysis at the end
+    grid.compilation_cache = True  # reuse XLA compiles across runs and reruns (<workdir>/jax_cache)
     return grid
 
 
@@ -149,11 +150,12 @@ def _skip_reason(point: GridRun, grid: ml_collections.ConfigDict) -> str:
     return ""
 
 
-def run_config(config: ml_collections.ConfigDict, point: GridRun,
-               prepared_dir: str) -> ml_collections.ConfigDict:
+def run_config(config: ml_collections.ConfigDict, point: GridRun, prepared_dir: str,
+               meds_dir: str = "") -> ml_collections.ConfigDict:
     """The single-run config of one grid point: base config + size + FLOP budget + its point.
 
-    The grid itself is dropped so the run's config.json is a plain single-run config.
+    The grid itself is dropped so the run's config.json is a plain single-run config. Both data
+    dirs are pinned (absolute) so a run never regenerates synthetic data into its own run dir.
     """
     cfg = config.copy_and_resolve_references()
     with cfg.unlocked():
@@ -163,5 +165,6 @@ def run_config(config: ml_collections.ConfigDict, point: GridRun,
         cfg.train.tokens = 0
         cfg.train.flops = float(point.budget)
         cfg.data.prepared_dir = prepared_dir
+        cfg.data.meds_dir = meds_dir or cfg.data.meds_dir
         cfg.grid_point = ml_collections.ConfigDict({"budget": point.budget, "size": point.size})
     return cfg

@@ -61,10 +61,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, train_fn: Callable |
     if _dry_run(config):
         return {"commands": print_commands(points, workdir, prepared_dir)}
     train_fn = train_fn or _default_train
+    if config.grid.get("compilation_cache", False):
+        _enable_compilation_cache(workdir)
     if config.eval.enabled and evaluate_fn is None:
         evaluate_fn = _default_evaluate
     sync_results(workdir, points)
-    outcome = _run_points(config, workdir, prepared_dir, points, train_fn, evaluate_fn)
+    meds_dir = shards.read_manifest(prepared_dir).get("meds_dir", "")
+    outcome = _run_points(config, workdir, (prepared_dir, meds_dir), points, train_fn,
+                          evaluate_fn)
     if config.grid.analysis and not config.grid.only and _is_writer():
         _write_analysis(workdir, report_fn, outcome)
     if outcome["failed"]:
@@ -112,8 +116,11 @@ def _plan(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) ->
     return kept
 
 
-def _run_points(config, workdir, prepared_dir, points, train_fn, evaluate_fn) -> dict:
-    """Every point in order; finished ones skipped, failures recorded, progress with ETA."""
+def _run_points(config, workdir, data_dirs, points, train_fn, evaluate_fn) -> dict:
+    """Every point in order; finished ones skipped, failures recorded, progress with ETA.
+
+    data_dirs: (prepared_dir, meds_dir) shared by every run.
+    """
     outcome = {"finished": [], "trained": [], "failed": [], "skipped": []}
     total_flops = sum(p.budget for p in points)
     done_flops = session_flops = 0.0
@@ -125,7 +132,7 @@ def _run_points(config, workdir, prepared_dir, points, train_fn, evaluate_fn) ->
                      "%.2f epochs%s", i, len(points), point.name, point.budget, point.n_params,
                      point.tokens, point.steps, point.epochs,
                      " (finished before, skipping)" if already_done else "")
-        cfg = grid_lib.run_config(config, point, prepared_dir)
+        cfg = grid_lib.run_config(config, point, *data_dirs)
         try:
             if not already_done:
                 train_fn(cfg, run_dir)
@@ -143,6 +150,17 @@ def _run_points(config, workdir, prepared_dir, points, train_fn, evaluate_fn) ->
         done_flops += point.budget
         _log_progress(i, len(points), done_flops, total_flops, session_flops, start)
     return outcome
+
+
+def _enable_compilation_cache(workdir: str) -> None:
+    """Runs of one size share their init and eval programs, and a rerun shares everything:
+    JAX's persistent cache turns those recompiles (seconds each on CPU) into file reads."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:  # the user chose one (JAX_COMPILATION_CACHE_DIR)
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _log_progress(i: int, n: int, done: float, total: float, session: float,

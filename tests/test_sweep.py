@@ -35,6 +35,7 @@ def _config(**grid_overrides) -> ml_collections.ConfigDict:
     config.grid.min_steps = 10
     config.grid.max_epochs = 100.0
     config.grid.analysis = False
+    config.grid.compilation_cache = False
     for key, value in grid_overrides.items():
         config.grid[key] = value
     return config
@@ -43,7 +44,8 @@ def _config(**grid_overrides) -> ml_collections.ConfigDict:
 def _fake_prepare(config, workdir):
     prepared = os.path.join(workdir, "prepared")
     os.makedirs(prepared, exist_ok=True)
-    manifest = {"vocab_size": VOCAB, "splits": {"train": {"num_tokens": TRAIN_TOKENS}}}
+    manifest = {"vocab_size": VOCAB, "splits": {"train": {"num_tokens": TRAIN_TOKENS}},
+                "meds_dir": os.path.join(workdir, "meds")}
     with open(os.path.join(prepared, "manifest.json"), "w") as handle:
         json.dump(manifest, handle)
     return prepared
@@ -59,6 +61,9 @@ class FakeTrainer:
         name = os.path.basename(run_dir)
         self.calls.append(name)
         assert cfg.train.flops == cfg.grid_point.budget and cfg.model.size == cfg.grid_point.size
+        # Both data dirs pinned: a run must not generate synthetic data into its own run dir.
+        assert cfg.data.meds_dir == os.path.join(os.path.dirname(os.path.dirname(run_dir)), "meds")
+        assert cfg.data.prepared_dir.startswith("/")
         if name in self.fail:
             raise RuntimeError(f"boom in {name}")
         os.makedirs(run_dir, exist_ok=True)
@@ -246,3 +251,12 @@ def test_missing_meds_dir_without_synthetic_data_is_a_config_error(tmp_path):
     config.data.synthetic_subjects = 0
     with pytest.raises(ConfigError, match="config.data.meds_dir"):
         _run(config, tmp_path, FakeTrainer())
+
+
+def test_compilation_cache_lives_in_the_sweep_dir(tmp_path, monkeypatch):
+    import jax
+
+    updates = {}
+    monkeypatch.setattr(jax.config, "update", lambda key, value: updates.__setitem__(key, value))
+    _run(_config(budgets=(1e11,), compilation_cache=True), tmp_path, FakeTrainer())
+    assert updates["jax_compilation_cache_dir"] == str(tmp_path / "jax_cache")
