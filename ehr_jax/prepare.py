@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import polars as pl
 from absl import app, flags, logging
 
 from ehr_jax.data import meds, shards, tokenize, vocab

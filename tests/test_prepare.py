@@ -112,7 +112,8 @@ def test_dropped_rows_are_counted_in_the_manifest(tmp_path):
 
 
 def test_empty_train_split_and_bad_settings_raise(tmp_path):
-    root = write_meds(tmp_path / "meds", {"train": frame(patient(1, [])), "held_out": frame(patient(2, [(0, "A", None)]))})
+    root = write_meds(tmp_path / "meds", {"train": frame(patient(1, [])),
+                                          "held_out": frame(patient(2, [(0, "A", None)]))})
     with pytest.raises(DataError, match="train split has no subjects"):
         prep.prepare(root, tmp_path / "out", **SETTINGS)
     with pytest.raises(ConfigError, match="data.num_quantiles"):
