@@ -107,8 +107,10 @@ def _reusable_manifest(out_dir: Path, fingerprint: str, settings_hash: str) -> d
         return None
     same = (manifest.get("input_fingerprint") == fingerprint
             and manifest.get("settings_hash") == settings_hash)
-    complete = all((out_dir / s["path"]).exists() for split in manifest.get("splits", {}).values()
-                   for s in split["shards"])
+    needed = [out_dir / shards.VOCAB, out_dir / tokenize.TOKENIZER_FILE]
+    needed += [out_dir / split / shards.INDEX for split in manifest.get("splits", {})]
+    needed += [out_dir / s["path"] for split in manifest.get("splits", {}).values() for s in split["shards"]]
+    complete = all(path.exists() for path in needed)
     if not same:
         logging.info("%s: inputs or settings changed; re-preparing", out_dir)
     return manifest if same and complete else None

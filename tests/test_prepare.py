@@ -71,6 +71,9 @@ def test_prepare_is_idempotent_and_rebuilds_on_change(tmp_path, monkeypatch):
     os.utime(data_file, ns=(data_file.stat().st_atime_ns, data_file.stat().st_mtime_ns + 10**9))
     rebuilt = prep.prepare(meds_dir, out, **{**SETTINGS, "num_quantiles": 5})
     assert rebuilt["input_fingerprint"] != changed["input_fingerprint"]
+    (out / "vocab.json").unlink()  # an incomplete output is rebuilt, not reused
+    prep.prepare(meds_dir, out, **{**SETTINGS, "num_quantiles": 5})
+    assert shards.read_vocab(out)[0] == "[PAD]"
 
 
 def test_prepare_is_deterministic(tmp_path):
