@@ -84,6 +84,19 @@ def test_prepare_is_deterministic(tmp_path):
     assert _shard_digests(tmp_path / "a") == _shard_digests(tmp_path / "b")
 
 
+def test_bins_are_identical_in_a_fresh_process(tmp_path):
+    """Reservoir subsampling (more values than RESERVOIR_SIZE) must not depend on process state."""
+    rng = np.random.default_rng(0)
+    rows = patient(1, [(i, "LAB//1//mg", float(v)) for i, v in enumerate(rng.normal(size=3000))])
+    root = write_meds(tmp_path / "meds", {"train": frame(rows)})
+    pl.Series([f"pollute{i}" for i in range(100)]).cast(pl.Categorical)  # unrelated categorical state
+    here = prep.prepare(root, tmp_path / "here", **SETTINGS)
+    code = f"from ehr_jax import prepare; print(prepare.prepare({str(root)!r}, {str(tmp_path / 'there')!r}, " \
+           f"**{SETTINGS!r})['tokenizer_hash'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == here["tokenizer_hash"]
+
+
 def test_vocabulary_and_bins_ignore_tuning_and_held_out(tmp_path):
     meds_dir = small_dataset(tmp_path / "meds")
     before = prep.prepare(meds_dir, tmp_path / "a", **SETTINGS)
