@@ -27,6 +27,10 @@ def _colors(count: int):
     return plt.cm.viridis(np.linspace(0.0, 0.9, max(count, 1)))
 
 
+def _pct(study: Study) -> str:
+    return f"{100 * study.settings['ci_level']:.0f}%"
+
+
 def plot_isoflop(study: Study) -> plt.Figure:
     """Loss against N per budget, the fitted parabolas, and each minimum with its CI."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -49,7 +53,7 @@ def plot_isoflop(study: Study) -> plt.Figure:
     ax.set_xscale("log")
     ax.set_xlabel(N_LABELS.get(points.n_key, points.n_key))
     ax.set_ylabel("validation loss")
-    ax.set_title("IsoFLOP profiles (stars: minima with 95% CI; x/dotted: not interior)")
+    ax.set_title(f"IsoFLOP profiles (stars: minima with {_pct(study)} CI; x/dotted: not interior)")
     ax.legend(fontsize=8, title=f"budget ({points.flops_key})", title_fontsize=8)
     fig.tight_layout()
     return fig
@@ -59,7 +63,7 @@ def _law_panel(ax, law: PowerLaw, values, c, extra_c, label: str, exponent_name:
     span = np.geomspace(min(c) / 1.5, max(list(c) + list(extra_c)) * 1.5, 60)
     fit, lo, hi = law.band(span)
     est = law.exponent_ci
-    ax.fill_between(span, lo, hi, color="tab:blue", alpha=0.2, lw=0, label="95% CI")
+    ax.fill_between(span, lo, hi, color="tab:blue", alpha=0.2, lw=0, label=f"{100 * law.level:.0f}% CI")
     ax.plot(span, fit, color="tab:blue",
             label=f"{exponent_name} = {est.value:.3f} [{est.lo:.3f}, {est.hi:.3f}]")
     yerr = np.array([[v.value - v.lo for v in values], [v.hi - v.value for v in values]])

@@ -31,7 +31,7 @@ def _isoflop_lines(s: study.Study) -> list[str]:
     iso = s.isoflop
     interior = sum(p.interior for p in iso.profiles)
     lines = [f"IsoFLOP profiles (approach 2; {interior} of {len(iso.profiles)} budgets with an interior minimum): "
-             "N_opt, D_opt, L at the minimum [95% CI]"]
+             f"N_opt, D_opt, L at the minimum [{100 * s.settings['ci_level']:.0f}% CI]"]
     for p in iso.profiles:
         state = "interior" if p.interior else "EXCLUDED: " + p.note
         lines.append(f"  C={p.budget:.3g}: {len(p.n)} runs, N_opt {_ci(p.n_opt)}, D_opt {_ci(p.d_opt)}, "
