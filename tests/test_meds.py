@@ -160,6 +160,12 @@ def _write_bad(tmp_path, kind):
         pl.DataFrame({"subject_id": [1, 2], "split": ["train", "train"]}).write_parquet(
             tmp_path / "metadata/subject_splits.parquet")
         return tmp_path, "exactly one file"
+    if kind in ("subject_twice_in_subject_splits", "subject_splits_without_split_column"):
+        write_meds(tmp_path, {"train": df}, flat=True, subject_splits=False)
+        table = (pl.DataFrame({"subject_id": [1, 1, 2], "split": ["train", "held_out", "train"]})
+                 if kind == "subject_twice_in_subject_splits" else pl.DataFrame({"subject_id": [1, 2]}))
+        table.write_parquet(tmp_path / "metadata/subject_splits.parquet")
+        return tmp_path, "more than one split" if kind == "subject_twice_in_subject_splits" else "'split'"
     if kind == "flat_without_splits":
         write_meds(tmp_path, {"train": df}, flat=True, subject_splits=False)
         return tmp_path, "subject_splits.parquet"
@@ -176,7 +182,7 @@ def _write_bad(tmp_path, kind):
 BAD_KINDS = ["missing_data_dir", "no_parquet_files", "missing_code_column", "string_subject_id", "string_time",
              "string_numeric_value", "null_time_after_timed", "unsorted_time", "null_subject_id",
              "subject_in_two_splits", "subject_in_two_files_flat", "empty_dataset", "unreadable_parquet",
-             "flat_without_splits"]
+             "flat_without_splits", "subject_twice_in_subject_splits", "subject_splits_without_split_column"]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
