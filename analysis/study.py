@@ -29,6 +29,7 @@ class Study:
         """fit.json: every number with its interval, and the settings that produced it."""
         points = self.dataset.points
         return {
+            "headline": self.headline(),
             "settings": self.settings,
             "data": {"results": self.dataset.path, "runs_used": len(points),
                      "excluded": self.dataset.excluded, "budgets": sorted(set(points.budget.tolist())),
@@ -38,6 +39,22 @@ class Study:
             "utility": [u.to_json() for u in self.utility],
             "planner": [p.to_json() for p in self.plans],
             "warnings": self.warnings,
+        }
+
+
+    def headline(self) -> dict:
+        """The numbers a reader looks for first (also in the sections below)."""
+        iso, used = self.isoflop, [p for p in self.isoflop.profiles if p.interior]
+        losses = [p.loss_opt.value for p in sorted(used, key=lambda p: p.c)]
+        est = self.parametric.estimates() if self.parametric else {}
+        return {
+            "a": iso.n_opt.exponent_ci.to_json() if iso.n_opt else None,
+            "b": iso.d_opt.exponent_ci.to_json() if iso.d_opt else None,
+            "a_parametric": est["a"].to_json() if est else None,
+            "b_parametric": est["b"].to_json() if est else None,
+            "n_budgets": len(iso.profiles),
+            "n_budgets_interior": len(used),
+            "loss_opt_falls_with_c": bool(len(losses) >= 2 and all(b < a for a, b in zip(losses, losses[1:]))),
         }
 
 

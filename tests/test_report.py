@@ -33,6 +33,9 @@ def test_cli_on_example_writes_everything(tmp_path):
         value, (lo, hi) = fit["isoflop"][law][exponent]["value"], fit["isoflop"][law][exponent]["ci"]
         assert lo < value < hi
     assert sum(p["interior"] for p in fit["isoflop"]["profiles"]) >= 3
+    headline = fit["headline"]
+    assert headline["a"] == fit["isoflop"]["n_opt"]["a"] and headline["b"] == fit["isoflop"]["d_opt"]["b"]
+    assert headline["n_budgets_interior"] == 4 and headline["loss_opt_falls_with_c"] is True
     assert fit["parametric"]["a"]["ci"][0] is not None
     assert len(fit["planner"]) == 3 and all(p["budget"] > max(fit["data"]["budgets"]) for p in fit["planner"])
     assert fit["utility"]
