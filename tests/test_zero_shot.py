@@ -178,7 +178,7 @@ def test_sliding_window_matches_a_fresh_pass_over_the_window(tiny_transformer):
 
     @nnx.jit
     def windowed(model, tokens):
-        logits, cache = model.prefill(tokens[:, :window], jnp.ones((2, window), bool), max_len=10)
+        logits, cache = model.prefill(tokens[:, :window], jnp.ones((2, window), bool), max_len=window)
         out = [logits]
         for t in range(window, tokens.shape[1]):
             logits, cache = model.decode_step(tokens[:, t], zero_shot._slide(cache, window))

@@ -132,8 +132,12 @@ class Predictors:
         """{method: (probability per case, extra result fields)} for the methods the task allows."""
         out: dict[str, tuple[np.ndarray, dict]] = {}
         rule = tasks.BUILTIN_RULES.get(task)
-        if rule is not None:
-            token_rule = zero_shot.resolve_rule(rule, vocab)
+        token_rule = zero_shot.resolve_rule(rule, vocab) if rule is not None else None
+        if token_rule is not None and rule.positive and not token_rule.positive_V.any():
+            logging.warning("evaluation: no token of the vocabulary starts with %s; %s has no "
+                            "zero-shot prediction (lower data.min_code_count?)", rule.positive, task)
+            token_rule = None
+        if token_rule is not None:
             prompts, valid = zero_shot.left_pad(cases.prompts, self.settings.prompt_len)
             t0 = time.perf_counter()
             rollouts = self.sampler.run(prompts, valid, cases.horizon_seconds(rule), token_rule,

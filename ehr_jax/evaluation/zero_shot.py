@@ -91,8 +91,9 @@ class RolloutSampler:
                  num_rollouts: int, cases_per_batch: int, temperature: float = 1.0,
                  window: int | None = None):
         """window: attend to at most this many most recent tokens (the training length), so a
-        long rollout never uses attention spans the model was not trained on (RoPE depends
-        only on relative positions, so the sliding window needs no re-encoding)."""
+        long rollout never uses attention spans the model was not trained on; the cache then
+        holds `window` slots used as a ring buffer, so a step costs the same however long the
+        rollout (RoPE depends only on relative positions: nothing is re-encoded)."""
         if window is not None and prompt_len > window:
             raise ValueError(f"prompt_len {prompt_len} is longer than the attention window {window}")
         self.graphdef, self.state = nnx.split(model)
@@ -124,8 +125,8 @@ class RolloutSampler:
         self.traces += 1  # runs at trace time only
         model = nnx.merge(self.graphdef, state)
         r = self.num_rollouts
-        logits_CxV, cache = model.prefill(prompts_CxP, valid_CxP,
-                                          max_len=self.prompt_len + self.max_new_tokens)
+        capacity = self.window or self.prompt_len + self.max_new_tokens
+        logits_CxV, cache = model.prefill(prompts_CxP, valid_CxP, max_len=capacity)
         # Prefill once per case, then give each of its r rollouts a copy of the cache.
         repeat = functools.partial(jnp.repeat, repeats=r, axis=0)
         cache = cache._replace(k=tuple(map(repeat, cache.k)), v=tuple(map(repeat, cache.v)),
@@ -171,14 +172,14 @@ def _decode_step(model, positive_V, negative_V, seconds_V, horizon_N, horizon_ou
 
 
 def _slide(cache, window: int | None):
-    """Masks the slot that falls out of the window before the next token is written."""
+    """Ring buffer: with a cache of `window` slots, the next token overwrites the oldest one.
+
+    Attention reads every valid slot regardless of order and RoPE positions come from pos_B,
+    so the model sees exactly the last `window` tokens at their true relative positions.
+    """
     if window is None:
         return cache
-    oldest = cache.index - (window - 1)  # keys kept: the window - 1 newest plus the new token
-    n = cache.valid_BxS.shape[0]
-    dropped = jax.lax.dynamic_update_slice_in_dim(
-        cache.valid_BxS, jnp.zeros((n, 1), bool), jnp.maximum(oldest - 1, 0), axis=1)
-    return cache._replace(valid_BxS=jnp.where(oldest >= 1, dropped, cache.valid_BxS))
+    return cache._replace(index=cache.index % cache.valid_BxS.shape[1])
 
 
 def sample_tokens(key: jax.Array, logits_NxV: jax.Array) -> jax.Array:

@@ -1,0 +1,93 @@
+"""evaluate(run_dir, config) end to end on a small synthetic dataset and an untrained checkpoint:
+what it returns, what it writes (predictions in the meds-evaluation format, summary.json,
+TensorBoard) and what it must never write (subject ids)."""
+
+import json
+import os
+
+import polars as pl
+import pytest
+
+from ehr_jax import prepare
+from ehr_jax.data import synthetic
+from ehr_jax.errors import DataError
+from ehr_jax.evaluation import runner
+from ehr_jax.train import checkpoint, optim, trainer
+from ehr_jax.model import transformer
+from tests.train_fixtures import base_config
+
+FIELDS = {"auroc", "auroc_ci", "auprc", "auprc_ci", "brier", "brier_ci", "n_cases", "n_positive",
+          "prevalence"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """Synthetic MEDS -> prepared shards -> a step-0 checkpoint written the trainer's way."""
+    root = tmp_path_factory.mktemp("eval_run")
+    synthetic.generate(root / "meds", num_subjects=120, seed=0)
+    config = base_config()
+    config.data.meds_dir = str(root / "meds")
+    config.data.prepared_dir = str(root / "prepared")
+    config.data.seq_len = 32
+    config.data.min_code_count = 5
+    config.model.size = "d32-l1"
+    config.eval.tasks = ("mortality", "long_stay")
+    config.eval.num_rollouts = 2
+    config.eval.max_cases = 16
+    config.eval.max_new_tokens = 8
+    config.eval.bootstrap = 20
+    manifest = prepare.prepare(config.data.meds_dir, config.data.prepared_dir, min_code_count=5)
+    model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
+    plan = trainer.make_plan(config, model_cfg)
+    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    from ehr_jax import parallel
+
+    _, state, _ = trainer.init_state(model_cfg, tx, parallel.make_mesh(tuple(config.mesh.shape)), 0)
+    saver = checkpoint.Checkpointer(root / "run" / "checkpoints", keep=1, use_async=False)
+    saver.save(0, state, {}, {})
+    saver.close()
+    (root / "run" / "summary.json").write_text(json.dumps({"run_name": "run", "steps": 0}))
+    return root / "run", config
+
+
+def test_evaluate_writes_results_predictions_and_summary(run_dir):
+    path, config = run_dir
+    results = runner.evaluate(str(path), config)
+    assert set(results) == {"mortality", "long_stay"}
+    # A probe needs both classes among the few train cases, which a tiny sample may lack.
+    assert {"zero_shot", "next_token"} <= set(results["mortality"]) <= {"zero_shot", "next_token", "probe"}
+    assert set(results["long_stay"]) == {"zero_shot", "probe"}  # no outcome token for next_token
+    for methods in results.values():
+        for result in methods.values():
+            assert FIELDS <= set(result)
+            assert 0 < result["n_cases"] <= 16
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["run_name"] == "run" and summary["evaluation"] == json.loads(json.dumps(results))
+    predictions = pl.read_parquet(path / "evaluation" / "mortality" / "zero_shot" / "predictions.parquet")
+    assert predictions.schema == pl.Schema(runner.PREDICTION_SCHEMA)  # exactly meds-evaluation's columns
+    assert predictions.height == results["mortality"]["zero_shot"]["n_cases"]
+    assert predictions["predicted_boolean_probability"].is_between(0, 1).all()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(path / "tensorboard"))
+    # Subject ids live in the predictions file (meds-evaluation needs them), nowhere a user reads.
+    ids = {str(s) for s in predictions["subject_id"].to_list()}
+    for text in ((path / "summary.json").read_text(), (path / "evaluation" / "results.json").read_text()):
+        assert not any(i in text for i in ids)
+
+
+def test_user_labels_for_unknown_subjects_are_refused(run_dir, tmp_path):
+    path, config = run_dir
+    labels = pl.DataFrame({"subject_id": [1], "prediction_time": [pl.datetime(2020, 1, 1)],
+                           "boolean_value": [True]}).with_columns(pl.col("prediction_time").cast(pl.Datetime("us")))
+    (tmp_path / "mortality" / "held_out").mkdir(parents=True)
+    labels.write_parquet(tmp_path / "mortality" / "held_out" / "0.parquet")
+    config = config.copy_and_resolve_references()
+    config.eval.labels_dir = str(tmp_path)
+    config.eval.tasks = ("mortality",)
+    with pytest.raises(DataError, match="not in the dataset"):
+        runner.evaluate(str(path), config)
+
+
+def test_missing_checkpoint(tmp_path, run_dir):
+    _, config = run_dir
+    with pytest.raises(DataError, match="no checkpoints"):
+        runner.evaluate(str(tmp_path), config)
