@@ -6,6 +6,7 @@ left out (big_vision's Chrono), so tokens/s and MFU describe the step itself.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -143,3 +144,31 @@ def _truncate_jsonl(path: str, keep_through_step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(kept)
     os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class ValLosses:
+    """Validation losses over the fixed tuning windows."""
+
+    mean: float  # token-weighted mean cross-entropy
+    sum_by_target: np.ndarray  # float64[vocab]: summed loss per target token id
+    count_by_target: np.ndarray  # int64[vocab]: target positions per token id
+
+
+def token_type_names(vocab: list[str]) -> np.ndarray:
+    """Type name per token id (time, lab, diagnosis, ...) for the per-type validation loss."""
+    from ehr_jax.data import tokenize
+
+    return np.asarray(tokenize.TOKEN_TYPE_NAMES, dtype=object)[tokenize.token_types(vocab)]
+
+
+def loss_by_token_type(val: ValLosses, type_names: np.ndarray) -> dict:
+    """{type: {loss, n_tokens}} over validation targets, for types that occur."""
+    result = {}
+    for name in dict.fromkeys(type_names):
+        ids = np.flatnonzero(type_names[:len(val.count_by_target)] == name)
+        count = int(val.count_by_target[ids].sum())
+        if count:
+            result[str(name)] = {"loss": float(val.sum_by_target[ids].sum() / count),
+                                 "n_tokens": count}
+    return result

@@ -114,12 +114,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = loop.run(state, start_step)
         # Final validation and loss by token type on the same fixed tuning windows.
         val = validation_losses(eval_step, state, val_batches, batch_sharding)
+        writer.write(plan.steps, {"val_loss": val.mean})
     finally:
         loader.close()
-        checkpointer.close()
-    type_names = _token_type_names(prepared_dir)
-    writer.write(plan.steps, {"val_loss": val.mean})
-    writer.close()
+        checkpointer.close()  # waits for the last async save
+        writer.close()
+    type_names = metrics.token_type_names(shards.read_vocab(prepared_dir))
 
     wall_s = meta.get("wall_s", 0.0) + time.perf_counter() - wall_start
     summary = build_summary(config, workdir, plan, model_cfg, manifest, loop, val, type_names,
@@ -218,17 +218,8 @@ def full_batch_to_global(batch: Batch, sharding: Any) -> dict:
             for key, value in batch.items()}
 
 
-@dataclasses.dataclass
-class ValLosses:
-    """Validation losses over the fixed tuning windows."""
-
-    mean: float  # token-weighted mean cross-entropy
-    sum_by_target: np.ndarray  # float64[vocab]: summed loss per target token id
-    count_by_target: np.ndarray  # int64[vocab]: target positions per token id
-
-
 def validation_losses(eval_step: Callable, state: Any, batches: list[Batch],
-                      sharding: Any) -> ValLosses:
+                      sharding: Any) -> metrics.ValLosses:
     sums, counts = None, None
     for batch in batches:
         losses_BxL = np.asarray(jax.device_get(eval_step(state, full_batch_to_global(batch, sharding))))
@@ -241,7 +232,7 @@ def validation_losses(eval_step: Callable, state: Any, batches: list[Batch],
         counts = batch_counts if counts is None else _add_padded(counts, batch_counts)
     total = float(counts.sum()) if counts is not None else 0.0
     mean = float(sums.sum() / total) if total else math.nan
-    return ValLosses(mean, sums, counts)
+    return metrics.ValLosses(mean, sums, counts)
 
 
 def _add_padded(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -326,29 +317,9 @@ class TrainLoop:
             "wall_s": wall_s, "val_loss": self.val_loss})
 
 
-def _token_type_names(prepared_dir: str) -> np.ndarray:
-    """Type name per token id (time, lab, diagnosis, ...) for the per-type validation loss."""
-    from ehr_jax.data import tokenize
-
-    types = tokenize.token_types(shards.read_vocab(prepared_dir))
-    return np.asarray(tokenize.TOKEN_TYPE_NAMES, dtype=object)[np.asarray(types)]
-
-
-def loss_by_token_type(val: ValLosses, type_names: np.ndarray) -> dict:
-    """{type: {loss, n_tokens}} over validation targets, for types that occur."""
-    result = {}
-    for name in dict.fromkeys(type_names):
-        ids = np.flatnonzero(type_names[:len(val.count_by_target)] == name)
-        count = int(val.count_by_target[ids].sum())
-        if count:
-            result[str(name)] = {"loss": float(val.sum_by_target[ids].sum() / count),
-                                 "n_tokens": count}
-    return result
-
-
 def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
                   model_cfg: transformer.ModelConfig, manifest: dict, loop: TrainLoop,
-                  val: ValLosses, type_names: np.ndarray, wall_s: float,
+                  val: metrics.ValLosses, type_names: np.ndarray, wall_s: float,
                   num_windows: int) -> dict:
     """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient."""
     tokens = plan.steps * plan.tokens_per_step
@@ -370,7 +341,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "flop_convention": sizes.FLOP_CONVENTION,
         "final_train_loss": float(np.mean(loop.recent_losses)) if loop.recent_losses else None,
         "val_loss": val.mean,
-        "loss_by_token_type": loss_by_token_type(val, type_names),
+        "loss_by_token_type": metrics.loss_by_token_type(val, type_names),
         "epochs_over_data": plan.steps * plan.global_batch_size / max(num_windows, 1),
         "steps": plan.steps,
         "global_batch_size": plan.global_batch_size,

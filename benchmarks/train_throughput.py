@@ -1,0 +1,140 @@
+"""Training-step throughput and MFU per model size, with the trainer's own jit'd step.
+
+  python benchmarks/train_throughput.py --sizes=d128-l4,d256-l6,d320-l6 --steps=10
+
+Random tokens (no input pipeline), one device, AdamW, the study's FLOP count. Prints the machine,
+the matmul peak measured on it (the MFU denominator on CPUs, see ehr_jax.model.sizes) and, per
+size: parameters, compile seconds, step seconds, tokens/s, model GFLOP/s and MFU.
+"""
+
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from ehr_jax import parallel
+from ehr_jax.model import sizes, transformer
+from ehr_jax.train import optim, trainer
+
+_SIZES = flags.DEFINE_list("sizes", ["d64-l2", "d128-l4", "d256-l6", "d320-l6"],
+                           "Ladder names to measure (those that fit the machine).")
+_BATCH = flags.DEFINE_integer("batch", 16, "Global batch (windows per step).")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per window.")
+_VOCAB = flags.DEFINE_integer("vocab", 2048, "Vocabulary size.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per size (after 2 warm-up steps).")
+_DTYPE = flags.DEFINE_string("dtype", "auto", "Compute dtype: auto, float32, bfloat16.")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    device = jax.devices()[0]
+    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores; jax {jax.__version__} on "
+            f"{jax.device_count()} x {device.device_kind} ({device.platform}); "
+            f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+
+
+def _config(size_name: str):
+    config = trainer_config()
+    config.model.size = size_name
+    config.model.dtype = _DTYPE.value
+    config.data.seq_len = _SEQ_LEN.value
+    config.train.global_batch_size = _BATCH.value
+    config.train.steps = _STEPS.value + 2
+    return config
+
+
+def trainer_config():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", "base.py")
+    spec = importlib.util.spec_from_file_location("ehr_jax_bench_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def matmul_peak() -> float:
+    """Best of a few 1024^3 float32 matmuls right now (same method as ehr_jax.model.sizes).
+
+    Measured again before each size: the machine is shared, so MFU is the ratio of two numbers
+    taken seconds apart rather than against a peak from minutes earlier.
+    """
+    import jax.numpy as jnp
+
+    a = jnp.ones((1024, 1024), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * 1024**3 / best
+
+
+def measure(size_name: str, peak: float) -> dict:
+    """Compile time, then the mean of timed steps (dispatched back to back, one block)."""
+    config = _config(size_name)
+    mesh = parallel.make_mesh((-1, 1, 1))
+    model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
+    plan = trainer.make_plan(config, model_cfg)
+    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    graphdef, state, state_sharding = trainer.init_state(model_cfg, tx, mesh, seed=0)
+    batch_sharding = parallel.batch_sharding(mesh)
+    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
+    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, _VOCAB.value, (_BATCH.value, _SEQ_LEN.value + 1), dtype=np.int32)
+    batch = trainer.local_batch_to_global(
+        {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
+         "mask": np.ones((_BATCH.value, _SEQ_LEN.value), np.float32)},
+        batch_sharding, _BATCH.value)
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+        state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - start) / _STEPS.value
+    if jax.devices()[0].platform == "cpu":
+        peak = (peak + matmul_peak()) / 2  # the peak around the timed steps
+    flops_per_s = plan.tokens_per_step * plan.flops_per_token / step_s
+    return {"size": size_name, "n_params": plan.n_params,
+            "n_params_non_embedding": plan.n_params_non_embedding, "compile_s": compile_s,
+            "step_s": step_s, "tokens_per_s": plan.tokens_per_step / step_s,
+            "gflops_per_s": flops_per_s / 1e9, "mfu": flops_per_s / peak, "peak": peak,
+            "loss": float(metrics["loss"])}
+
+
+def main(argv) -> None:
+    del argv
+    print(machine())
+    peak = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
+    print(f"peak: {peak / 1e9:.1f} GFLOP/s "
+          f"({'table' if sizes._known_peak(jax.devices()[0].device_kind) else 'measured matmul'})")
+    print(f"batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value}, "
+          f"dtype {_DTYPE.value}, {_STEPS.value} timed steps")
+    print(f"{'size':>9} {'params':>10} {'non-emb':>10} {'compile s':>9} {'step ms':>8} "
+          f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak':>6} {'MFU':>6}")
+    for name in _SIZES.value:
+        cpu = jax.devices()[0].platform == "cpu"
+        r = measure(name, matmul_peak() if cpu else peak)
+        print(f"{r['size']:>9} {r['n_params']:>10,} {r['n_params_non_embedding']:>10,} "
+              f"{r['compile_s']:>9.1f} {1e3 * r['step_s']:>8.1f} {r['tokens_per_s']:>9,.0f} "
+              f"{r['gflops_per_s']:>8.1f} {r['peak'] / 1e9:>6.1f} {100 * r['mfu']:>5.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
