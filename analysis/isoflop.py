@@ -174,6 +174,25 @@ def _group(points: Points) -> dict[float, Points]:
     return {float(b): points.select(points.budget == b) for b in np.unique(points.budget)}
 
 
+def _fit_power_laws(fit: IsoflopFit, used: list[Profile], n_boot: int, level: float) -> None:
+    """N_opt, D_opt, L_opt against C through the interior minima; replicate j uses every budget's j-th refit."""
+    if len(used) == 2:
+        fit.warnings.append("only 2 budgets in the power laws: they pass exactly through both minima; "
+                            "the intervals reflect only each minimum's uncertainty")
+    c = np.array([p.c for p in used])
+    for name, attr in (("n_opt", "boot_n_opt"), ("d_opt", "boot_d_opt"), ("loss_opt", "boot_loss_opt")):
+        values = np.array([getattr(p, name).value for p in used])
+        boot_RxB = np.stack([getattr(p, attr) for p in used], axis=1)
+        setattr(fit, name, powerlaw.from_replicates(c, values, boot_RxB, level))
+    dropped = n_boot - len(fit.n_opt.boot_exponent)
+    if dropped > n_boot * 0.05:
+        fit.warnings.append(f"{dropped} of {n_boot} bootstrap replicates had a budget without a minimum "
+                            "and were dropped: the intervals may be too narrow")
+    losses = [p.loss_opt.value for p in sorted(used, key=lambda p: p.c)]
+    if any(b >= a for a, b in zip(losses, losses[1:])):
+        fit.warnings.append("the loss at the optimum does not fall with every budget increase")
+
+
 def fit_isoflop(points: Points, n_boot: int = DEFAULT_BOOT, seed: int = 0,
                 level: float = powerlaw.DEFAULT_LEVEL) -> IsoflopFit:
     """Profiles for every budget with >= 3 sizes, then the approach-2 power laws over interior minima."""
@@ -191,8 +210,8 @@ def fit_isoflop(points: Points, n_boot: int = DEFAULT_BOOT, seed: int = 0,
                             f"(a parabola needs >= {MIN_SIZES}); budget skipped")
             continue
         profile = fit_profile(budget, group, _resample_weights(group.n, n_boot, rng), level)
-        if n_sizes == MIN_SIZES and profile.interior:
-            # Three sizes: the parabola interpolates them, so resampling runs measures nothing.
+        if len(group) == MIN_SIZES and profile.interior:
+            # Three runs: the parabola interpolates them, so resampling runs measures nothing.
             warnings.append(f"budget {budget:.3g}: only {MIN_SIZES} sizes, so its parabola passes exactly "
                             "through them and resampling runs cannot measure the minimum's uncertainty "
                             "(no CI; the power-law CIs understate it): use >= 5 sizes per budget")
@@ -210,21 +229,7 @@ def fit_isoflop(points: Points, n_boot: int = DEFAULT_BOOT, seed: int = 0,
         warnings.append(f"N_opt(C), D_opt(C), L_opt(C) need >= 2 budgets with an interior minimum; "
                         f"have {len(used)} ({have}): add budgets or widen the sizes per budget")
     else:
-        if len(used) == 2:
-            warnings.append("only 2 budgets in the power laws: they pass exactly through both minima; "
-                            "the intervals reflect only each minimum's uncertainty")
-        c = np.array([p.c for p in used])
-        for name, attr in (("n_opt", "boot_n_opt"), ("d_opt", "boot_d_opt"), ("loss_opt", "boot_loss_opt")):
-            values = np.array([getattr(p, name).value for p in used])
-            boot_RxB = np.stack([getattr(p, attr) for p in used], axis=1)
-            setattr(fit, name, powerlaw.from_replicates(c, values, boot_RxB, level))
-        dropped = n_boot - len(fit.n_opt.boot_exponent)
-        if dropped > n_boot * 0.05:
-            warnings.append(f"{dropped} of {n_boot} bootstrap replicates had a budget without a minimum "
-                            "and were dropped: the intervals may be too narrow")
-        losses = [p.loss_opt.value for p in sorted(used, key=lambda p: p.c)]
-        if any(b >= a for a, b in zip(losses, losses[1:])):
-            warnings.append("the loss at the optimum does not fall with every budget increase")
+        _fit_power_laws(fit, used, n_boot, level)
     for w in warnings:
         logging.warning("isoflop: %s", w)
     return fit
