@@ -6,16 +6,13 @@
 Every process of a multi-host job runs this same command; rerunning it resumes from the workdir.
 """
 
-import os
 import sys
 
-import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from ehr_jax import parallel
 from ehr_jax import sweep  # noqa: F401  defines --dry_run before flags are parsed
-from ehr_jax.data import shards
 from ehr_jax.errors import EhrJaxError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
@@ -26,10 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str) -> dict:
     """Sweep if the config has a grid, else train one run (and evaluate it when enabled)."""
-    parallel.initialize_distributed()
-    logging.info("process %d/%d, %d local / %d global devices: %s", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count(),
-                 jax.devices()[0].device_kind)
+    parallel.initialize_distributed()  # also logs this process and its devices
     if "grid" in config:
         from ehr_jax import sweep  # imported lazily: the sweep stage sits above training
 
@@ -40,9 +34,7 @@ def run(config, workdir: str) -> dict:
     if config.eval.enabled:
         from ehr_jax.evaluation import runner
 
-        summary["evaluation"] = runner.evaluate(workdir, config)
-        if jax.process_index() == 0:  # summary.json stays the last file a run writes
-            shards.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+        summary["evaluation"] = runner.evaluate(workdir, config)  # also merged into summary.json
     return summary
 
 
