@@ -144,6 +144,26 @@ def test_timelines_are_consistent(dataset):
     assert len(death) > 0 and len(after) == 0
 
 
+def test_drugs_move_labs_within_a_stay(dataset):
+    """INR measured after a warfarin dose in the same stay runs higher than INR without warfarin."""
+    _, _, df = dataset
+    timed = df.filter(pl.col("time").is_not_null()).sort("subject_id", "time")
+    admissions = (timed.filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION//"))
+                  .select("subject_id", pl.col("time").alias("stay_start")))
+
+    def with_stay(frame):
+        return frame.join_asof(admissions, left_on="time", right_on="stay_start", by="subject_id", strategy="backward",
+                               check_sortedness=False)
+
+    inr = with_stay(timed.filter(pl.col("code") == "LAB//51237//UNK").select("subject_id", "time", "numeric_value"))
+    dose = with_stay(timed.filter(pl.col("code") == "MEDICATION//Warfarin//Administered").select("subject_id", "time"))
+    first = dose.group_by("subject_id", "stay_start").agg(pl.col("time").min().alias("first_dose"))
+    inr = inr.drop_nulls("stay_start").join(first, on=["subject_id", "stay_start"], how="left").with_columns(
+        (pl.col("first_dose") <= pl.col("time")).fill_null(False).alias("on_warfarin"))
+    means = dict(inr.group_by("on_warfarin").agg(pl.col("numeric_value").log().mean()).iter_rows())
+    assert (inr["on_warfarin"].sum() > 30) and means[True] > means[False] + 0.1
+
+
 def test_code_frequencies_are_heavy_tailed(dataset):
     _, counts, df = dataset
     freq = np.sort(df["code"].value_counts()["count"].to_numpy())[::-1]

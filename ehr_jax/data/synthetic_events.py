@@ -131,8 +131,11 @@ def procedures(rng, events: Events, stays: Stays, arrays: dict) -> None:
     events.add(stays.subj[row], day, np.concatenate(codes), PRIO_MEASURE)
 
 
-def medications(rng, events: Events, stays: Stays, arrays: dict) -> None:
-    """eMAR administrations: drugs chosen by chronic conditions, the acute problem and habit."""
+def medications(rng, events: Events, stays: Stays, arrays: dict) -> np.ndarray:
+    """eMAR administrations: drugs chosen by chronic conditions, the acute problem and habit.
+
+    Returns the first-dose day of each lab-moving drug per stay (n_stays x E, inf if not given).
+    """
     n = len(stays.subj)
     prob = (arrays["drug_base"] + (stays.sev_NxK > 0) @ arrays["drug_by_cond"]
             + arrays["drug_by_acute"][stays.acute])
@@ -152,3 +155,8 @@ def medications(rng, events: Events, stays: Stays, arrays: dict) -> None:
     day = first[pair] + k / freq[pair] + rng.uniform(-0.01, 0.01, len(pair))
     day = np.clip(day, stays.start[row[pair]] + 0.001, stays.end[row[pair]] - 0.002)
     events.add(stays.subj[row[pair]], day, arrays["drug_code"][drug[pair]], PRIO_MEASURE)
+    slot = arrays["drug_effect_slot"][drug]
+    first_dose = np.full((n, len(arrays["drug_lab_effect"])), np.inf)
+    has = slot >= 0
+    np.minimum.at(first_dose, (row[has], slot[has]), first[has])
+    return first_dose

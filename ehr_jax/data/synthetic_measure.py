@@ -73,8 +73,14 @@ def _lab_params(arrays: dict) -> dict:
     return arrays["_measure"]
 
 
+def drug_shift(arrays: dict, first_dose_NxE: np.ndarray, stay_ix: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Lab shifts (rows x labs) of the drugs a stay has started by each row's time."""
+    started = (first_dose_NxE[stay_ix] <= day[:, None]).astype(np.float32)
+    return started @ arrays["drug_lab_effect"]
+
+
 def measure(rng, events: Events, subjects: Subjects, arrays: dict, subj, day, sev_NxK, acuity,
-            acute, row, lab) -> None:
+            acute, row, lab, extra_NxL=None) -> None:
     """Emit one event per (row, lab) pair with a value from the patient's state at that row."""
     p = _lab_params(arrays)
     s = subj[row]
@@ -83,6 +89,8 @@ def measure(rng, events: Events, subjects: Subjects, arrays: dict, subj, day, se
          + acuity[row].astype(np.float32) * (arrays["lab_acute_dir"][lab] + p["type_effect"][acute[row], lab])
          + rng.standard_normal(len(row), dtype=np.float32) * p["noise"][lab])
     z += p["sex"][lab] * subjects.female[s] + p["body"][lab] * subjects.body_z[s].astype(np.float32)
+    if extra_NxL is not None:
+        z += extra_NxL[row, lab]
     z *= p["sd"][lab]
     log = p["log"][lab]
     z[log] = np.exp(z[log])
@@ -97,7 +105,7 @@ def _include(rng, prob_NxL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(rng.random(prob_NxL.shape, dtype=np.float32) < prob_NxL)
 
 
-def inpatient_labs(rng, events: Events, subjects: Subjects, stays: Stays, arrays: dict) -> None:
+def inpatient_labs(rng, events: Events, subjects: Subjects, stays: Stays, arrays: dict, first_dose) -> None:
     """An admission panel, then 06:00 panels every day, plus 8-hourly panels while in the ICU."""
     first_6am = np.floor(stays.start - 0.25) + 1.25
     n_daily = np.where(stays.end > first_6am, np.floor(stays.end - first_6am) + 1, 0).astype(np.int64)
@@ -119,11 +127,11 @@ def inpatient_labs(rng, events: Events, subjects: Subjects, stays: Stays, arrays
     skip_day = rng.random(len(day)) < 0.5  # not every day gets labs
     skip_day[: len(ix)] = False
     prob = np.where(skip_day[:, None], 0.0, np.minimum(prob, 0.97))
-    measure(rng, events, subjects, arrays, stays.subj[stay_ix], day, sev,
-            acuity_at(stays, stay_ix, day), acute, *_include(rng, prob))
+    measure(rng, events, subjects, arrays, stays.subj[stay_ix], day, sev, acuity_at(stays, stay_ix, day),
+            acute, *_include(rng, prob), extra_NxL=drug_shift(arrays, first_dose, stay_ix, day))
 
 
-def icu_vitals(rng, events: Events, subjects: Subjects, stays: Stays, arrays: dict) -> None:
+def icu_vitals(rng, events: Events, subjects: Subjects, stays: Stays, arrays: dict, first_dose) -> None:
     """Vitals charted every 2 hours from ICU admission to ICU discharge, and the admission weight."""
     ix = np.nonzero(stays.icu)[0]
     n_hours = np.maximum(np.floor((stays.icu_end[ix] - stays.icu_start[ix]) * 12), 1).astype(np.int64)
@@ -142,7 +150,8 @@ def icu_vitals(rng, events: Events, subjects: Subjects, stays: Stays, arrays: di
     row = np.concatenate([row, first_hour])
     lab = np.concatenate([lab, np.full(len(first_hour), arrays["lab_index"]["weight_kg"])])
     measure(rng, events, subjects, arrays, stays.subj[stay_ix], day, stays.sev_NxK[stay_ix],
-            acuity_at(stays, stay_ix, day), stays.acute[stay_ix], row, lab)
+            acuity_at(stays, stay_ix, day), stays.acute[stay_ix], row, lab,
+            extra_NxL=drug_shift(arrays, first_dose, stay_ix, day))
 
 
 def outpatient_visits(rng, events: Events, subjects: Subjects, timeline, arrays: dict) -> None:

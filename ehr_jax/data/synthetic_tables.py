@@ -236,6 +236,24 @@ COMMON_MEDS = [
     ("Melatonin", 0.08, 1), ("Nicotine Patch", 0.06, 1), ("Famotidine", 0.06, 2),
     ("Calcium Gluconate", 0.04, 1), ("Glucagon", 0.01, 1), ("Dextrose 50%", 0.03, 1),
 ]
+# Drugs that move labs and vitals (sd units) from their first dose on: within-stay cause and effect.
+DRUG_LAB_EFFECTS = {
+    "Furosemide": {"k": -0.5, "creat": 0.2, "bun": 0.3, "hco3": 0.3, "mg": -0.2},
+    "Insulin": {"glu": -0.8, "fsglu": -0.9, "k": -0.2},
+    "Warfarin": {"inr": 1.5, "pt": 1.5},
+    "Heparin": {"ptt": 1.0},
+    "Potassium Chloride": {"k": 0.4},
+    "Spironolactone": {"k": 0.4},
+    "Lactulose": {"ammonia": -0.7},
+    "PredniSONE": {"glu": 0.6, "wbc": 0.5, "fsglu": 0.6},
+    "Methylprednisolone Sodium Succ": {"glu": 0.8, "wbc": 0.6, "fsglu": 0.8},
+    "Filgrastim": {"wbc": 1.5, "neut": 1.0},
+    "Sodium Chloride 1g Tab": {"na": 0.6},
+    "Norepinephrine": {"sbp": 0.8, "mbp": 0.8, "dbp": 0.5, "hr": 0.3},
+    "Piperacillin-Tazobactam": {"creat": 0.15},
+    "Vancomycin": {"creat": 0.15},
+}
+
 # Rare drugs: a heavy tail of (name) drawn by Zipf rank on top of the structured ones.
 RARE_MEDS = [
     "Gabapentin", "Tamsulosin", "Finasteride", "Allopurinol", "Colchicine", "Hydralazine",

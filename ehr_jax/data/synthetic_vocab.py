@@ -198,8 +198,17 @@ def _drug_arrays(book: _CodeBook, n_cond: int) -> dict:
         for m in row["meds"]:
             by_acute[a, ix[m]] = 0.6
     rare = np.arange(n_struct, len(names))
+    effect_drugs = np.array([ix[d] for d in T.DRUG_LAB_EFFECTS])
+    effect = np.zeros((len(effect_drugs), len(T.LABS)), np.float32)
+    labs = list(T.LABS)
+    for e, shifts in enumerate(T.DRUG_LAB_EFFECTS.values()):
+        for lab, shift in shifts.items():
+            effect[e, labs.index(lab)] = shift
+    effect_slot = np.full(len(names), -1)
+    effect_slot[effect_drugs] = np.arange(len(effect_drugs))
     return dict(drug_code=ids, drug_base=base, drug_freq=freq, drug_by_cond=by_cond,
-                drug_by_acute=by_acute, rare_drugs=rare)
+                drug_by_acute=by_acute, rare_drugs=rare, drug_effect_slot=effect_slot,
+                drug_lab_effect=effect)
 
 
 @functools.lru_cache(maxsize=1)
