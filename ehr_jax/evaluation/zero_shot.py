@@ -2,8 +2,12 @@
 
 Rollouts (ETHOS): each case's history is prefilled once into a KV cache, copied to N rollouts,
 and extended by a fixed-shape `jax.lax.while_loop` of decode steps (one compile per shape, not
-per step). A rollout stops at an outcome token, at a stopping token (a discharge, a death),
-when its summed time-interval tokens pass the task's horizon, or at max_new_tokens. The risk
+per step; the loop exits once every rollout has stopped). With a window (the runner passes the
+training length) the cache is a ring buffer of that many slots, so rollouts longer than the
+training window still attend only to spans the model was trained on. A rollout stops at an
+outcome token, at a stopping token (a discharge, a death; tokens of the same timestamp that
+follow may still carry the outcome), when its summed time-interval tokens pass the task's
+horizon, or at max_new_tokens (counted as no outcome; results report how often). The risk
 is the fraction of rollouts that end in the outcome.
 
 Next-token (cheap, deterministic): from the distribution over the token right after the
