@@ -93,7 +93,7 @@ def sample_subjects(rng: np.random.Generator, n: int, arrays: dict) -> Subjects:
         onset_SxK=onset, rate_SxK=rate,
         lab_offset_SxL=rng.normal(0, 0.35, (n, len(arrays["lab_code"]))).astype(np.float32),
         body_z=rng.normal(0, 1, n), icu_prop=rng.normal(0, 0.8, n), los_prop=rng.normal(0, 0.35, n),
-        readmit_prop=rng.normal(0, 0.7, n),
+        readmit_prop=rng.normal(0, 1.0, n),
     )
 
 
@@ -203,7 +203,7 @@ def _next_admission(rng, stay: dict, recent, frail, readmit_prop):
     hospice = stay["discharge"] == T.DISCHARGE_LOCATIONS.index("HOSPICE")
     snf = stay["discharge"] == T.DISCHARGE_LOCATIONS.index("SKILLED NURSING FACILITY")
     against_advice = stay["discharge"] == T.DISCHARGE_LOCATIONS.index("AGAINST ADVICE")
-    early = rng.random(n) < _sigmoid(-3.0 + 0.5 * burden + 0.5 * np.log1p(recent) + 0.35 * (los > 7)
+    early = rng.random(n) < _sigmoid(-3.3 + 0.5 * burden + 0.5 * np.log1p(recent) + 0.35 * (los > 7)
                                      + 0.3 * stay["icu"] + 0.3 * snf + 0.8 * against_advice + 0.3 * frail
                                      + readmit_prop)
     long_gap = rng.exponential(2600.0 * np.exp(-0.4 * burden - 0.2 * frail), n)
