@@ -123,7 +123,7 @@ def _run_points(config, workdir, data_dirs, points, train_fn, evaluate_fn) -> di
     """
     outcome = {"finished": [], "trained": [], "failed": [], "skipped": []}
     total_flops = sum(p.budget for p in points)
-    done_flops = session_flops = 0.0
+    done_flops, timings = 0.0, []  # timings: (budget, seconds) of runs trained now
     start = time.monotonic()
     for i, point in enumerate(points, 1):
         run_dir = os.path.join(workdir, "runs", point.name)
@@ -135,8 +135,9 @@ def _run_points(config, workdir, data_dirs, points, train_fn, evaluate_fn) -> di
         cfg = grid_lib.run_config(config, point, *data_dirs)
         try:
             if not already_done:
+                run_start = time.monotonic()
                 train_fn(cfg, run_dir)
-                session_flops += point.budget
+                timings.append((point.budget, time.monotonic() - run_start))
                 outcome["trained"].append(point.name)
             summary = _evaluated_summary(run_dir, cfg, evaluate_fn)
             if _is_writer():
@@ -148,7 +149,10 @@ def _run_points(config, workdir, data_dirs, points, train_fn, evaluate_fn) -> di
                 record_failure(workdir, point.name, e)
             outcome["failed"].append(point.name)
         done_flops += point.budget
-        _log_progress(i, len(points), done_flops, total_flops, session_flops, start)
+        eta = _eta_seconds(timings, [p.budget for p in points[i:]])
+        logging.info("Sweep progress: %d/%d runs, %.1f%% of FLOPs, %s elapsed%s", i, len(points),
+                     100.0 * done_flops / total_flops if total_flops else 100.0,
+                     _clock(time.monotonic() - start), f", ETA {_clock(eta)}" if eta else "")
     return outcome
 
 
@@ -163,15 +167,25 @@ def _enable_compilation_cache(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _log_progress(i: int, n: int, done: float, total: float, session: float,
-                  start: float) -> None:
-    elapsed = time.monotonic() - start
-    eta = ""
-    if session > 0 and total > done:
-        # Runs finished earlier cost no time now, so the rate comes from this session's runs.
-        eta = f", ETA {_clock((total - done) * elapsed / session)}"
-    logging.info("Sweep progress: %d/%d runs, %.1f%% of FLOPs, %s elapsed%s", i, n,
-                 100.0 * done / total if total else 100.0, _clock(elapsed), eta)
+def _eta_seconds(timings: list[tuple[float, float]], remaining: list[float]) -> float | None:
+    """Seconds left, from a fit seconds = overhead + budget / rate over this session's runs.
+
+    The overhead term (set-up, compile, final validation) matters: small runs are mostly
+    overhead, so a FLOPs-only rate would overstate the time left after them.
+    """
+    if not timings or not remaining:
+        return None
+    budgets, seconds = zip(*timings)
+    per_flop = sum(seconds) / sum(budgets)
+    overhead = 0.0
+    if len(set(budgets)) > 1:
+        mean_c, mean_s = sum(budgets) / len(budgets), sum(seconds) / len(seconds)
+        cov = sum((c - mean_c) * (t - mean_s) for c, t in timings)
+        var = sum((c - mean_c) ** 2 for c in budgets)
+        slope = cov / var
+        if slope > 0 and mean_s - slope * mean_c > 0:
+            per_flop, overhead = slope, mean_s - slope * mean_c
+    return sum(overhead + per_flop * c for c in remaining)
 
 
 def _clock(seconds: float) -> str:

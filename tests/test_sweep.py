@@ -260,3 +260,28 @@ def test_compilation_cache_lives_in_the_sweep_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(jax.config, "update", lambda key, value: updates.__setitem__(key, value))
     _run(_config(budgets=(1e11,), compilation_cache=True), tmp_path, FakeTrainer())
     assert updates["jax_compilation_cache_dir"] == str(tmp_path / "jax_cache")
+
+
+def test_main_dry_run_prints_one_command_per_run(tmp_path):
+    """`--dry_run` through the real entry point: data prepared once, nothing trained."""
+    workdir = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, "-m", "ehr_jax.main", "--config=configs/quickstart.py:tiny",
+         f"--workdir={workdir}", "--dry_run", "--config.train.lr=0.002"],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    commands = [line for line in done.stdout.splitlines() if line.startswith("python ")]
+    assert len(commands) == 4 and not (workdir / "runs").exists()
+    assert all("--config.grid.only=c" in c and "--config.train.lr=0.002" in c for c in commands)
+    assert all("--dry_run" not in c for c in commands)
+    assert (workdir / "prepared" / "manifest.json").exists()
+
+
+def test_eta_separates_per_run_overhead_from_compute():
+    def seconds(c):
+        return 20.0 + c / 1e10
+
+    timings = [(c, seconds(c)) for c in (6e10, 6e10, 2e11)]
+    assert sweep._eta_seconds(timings, [6e11, 6e11]) == pytest.approx(2 * seconds(6e11))
+    assert sweep._eta_seconds(timings[:1], [6e10]) == pytest.approx(seconds(6e10))
+    assert sweep._eta_seconds([], [6e10]) is None
