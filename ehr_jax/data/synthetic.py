@@ -100,6 +100,7 @@ def block_events(seed: int, block: int, num_subjects: int) -> tuple[np.ndarray, 
     M.outpatient_visits(rng, events, subjects, timeline, arrays)
     subj, day, code, value, prio, text = events.columns()
     minute = np.where(np.isnan(day), -1, np.floor(np.nan_to_num(day) * 1440.0)).astype(np.int64)
+    assert num_subjects < 2**9 and len(vocab.codes) < 2**13, "sort key fields overflow"
     # One int64 sort key (subject | minute | priority | code) sorts 3-4x faster than lexsort;
     # quicksort is deterministic, and rows with equal keys differ at most in value order.
     key = (subj.astype(np.int64) << 45) | (np.clip(minute + 1, 0, 2**28 - 1) << 17) | (prio.astype(np.int64) << 13) | code
@@ -199,6 +200,38 @@ def _write_metadata(out_dir: Path, vocab, counts: np.ndarray, split: np.ndarray,
     os.replace(tmp, out_dir / meds.dataset_metadata_filepath)
 
 
+def _block_parts(seed: int, block: int, first: int, n: int, split: np.ndarray, code_strings: pa.Array,
+                 counts: np.ndarray) -> list:
+    """One block's rows as one (table, subject ids) pair per split; adds its code counts."""
+    subj, minute, code, value, text = block_events(seed, block, n)
+    counts += np.bincount(code, minlength=len(counts))
+    row_split = split[first + subj]
+    parts = []
+    for s in range(len(SPLIT_FRACTIONS)):
+        keep = np.flatnonzero(row_split == s)
+        sid = SUBJECT_ID_BASE + first + subj[keep].astype(np.int64)
+        parts.append((to_table(sid, minute[keep], code[keep], value[keep], text[keep], code_strings), sid))
+    return parts
+
+
+def _write_blocks(writers: list[_SplitWriter], split: np.ndarray, seed: int, code_strings: pa.Array,
+                  counts: np.ndarray) -> None:
+    """Generation (numpy) and parquet encoding (pyarrow, GIL released) overlap: one write in flight."""
+    num_subjects = len(split)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for block, first in enumerate(range(0, num_subjects, BLOCK_SUBJECTS)):
+            n = min(BLOCK_SUBJECTS, num_subjects - first)
+            parts = _block_parts(seed, block, first, n, split, code_strings, counts)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(_write_parts, writers, parts)
+            if block % 20 == 19:
+                logging.info("synthetic: %d/%d subjects, %d events", first + n, num_subjects, counts.sum())
+        if pending is not None:
+            pending.result()
+
+
 def generate(out_dir: str | os.PathLike, num_subjects: int, seed: int = 0, subjects_per_shard: int = 10_000,
              overwrite: bool = False) -> dict:
     """Write a synthetic MEDS dataset; returns counts {subjects, events, codes, splits: {...}}.
@@ -216,28 +249,11 @@ def generate(out_dir: str | os.PathLike, num_subjects: int, seed: int = 0, subje
     counts = np.zeros(len(vocab.codes), np.int64)
     split = assign_splits(num_subjects, seed)
     writers = [_SplitWriter(out, name, subjects_per_shard) for name, _ in SPLIT_FRACTIONS]
-    # Generation (numpy) and parquet encoding (pyarrow, GIL released) overlap: one write in flight.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for block, first in enumerate(range(0, num_subjects, BLOCK_SUBJECTS)):
-            n = min(BLOCK_SUBJECTS, num_subjects - first)
-            subj, minute, code, value, text = block_events(seed, block, n)
-            counts += np.bincount(code, minlength=len(counts))
-            row_split = split[first + subj]
-            parts = []
-            for s in range(len(writers)):
-                keep = np.flatnonzero(row_split == s)
-                sid = SUBJECT_ID_BASE + first + subj[keep].astype(np.int64)
-                parts.append((to_table(sid, minute[keep], code[keep], value[keep], text[keep], code_strings), sid))
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(_write_parts, writers, parts)
-            if block % 20 == 19:
-                logging.info("synthetic: %d/%d subjects, %d events", first + n, num_subjects, counts.sum())
-        if pending is not None:
-            pending.result()
-    for writer in writers:
-        writer.close()
+    try:
+        _write_blocks(writers, split, seed, code_strings, counts)
+    finally:
+        for writer in writers:
+            writer.close()
     _write_metadata(out, vocab, counts, split, seed)
     return {"subjects": num_subjects, "events": int(counts.sum()), "codes": int((counts > 0).sum()),
             "splits": {w.split: {"subjects": w.subjects, "events": w.events, "files": w.files} for w in writers}}
