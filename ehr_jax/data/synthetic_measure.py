@@ -106,7 +106,7 @@ def _include(rng, prob_NxL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def inpatient_labs(rng, events: Events, subjects: Subjects, stays: Stays, arrays: dict, first_dose) -> None:
-    """An admission panel, then 06:00 panels every day, plus 8-hourly panels while in the ICU."""
+    """An admission panel, then 06:00 panels (half the days draw none), plus 12-hourly ICU panels."""
     first_6am = np.floor(stays.start - 0.25) + 1.25
     n_daily = np.where(stays.end > first_6am, np.floor(stays.end - first_6am) + 1, 0).astype(np.int64)
     n_icu = np.where(stays.icu, np.floor((stays.icu_end - stays.icu_start) / 0.5), 0).astype(np.int64)
