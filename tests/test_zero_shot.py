@@ -201,3 +201,14 @@ def test_rollouts_run_with_the_real_transformer(tiny_transformer):
     assert result.outcome_CxR.shape == (2, 3)
     assert ((result.new_tokens_CxR >= 1) & (result.new_tokens_CxR <= 8)).all()
     assert sampler.traces == 1
+
+
+def test_resolved_probability_treats_capped_rollouts_as_censored():
+    outcome = np.array([[True, False, False, False], [False, False, False, False], [False] * 4])
+    reason = np.array([[zero_shot.OUTCOME, zero_shot.STOPPED, zero_shot.RUNNING, zero_shot.RUNNING],
+                       [zero_shot.STOPPED] * 4, [zero_shot.RUNNING] * 4])
+    result = zero_shot.RolloutResult(outcome, reason, np.ones((3, 4), np.int32))
+    np.testing.assert_allclose(result.probability_C, [0.25, 0, 0])
+    pooled = 1 / 6  # one outcome among six resolved rollouts
+    np.testing.assert_allclose(result.resolved_probability_C(1.0),
+                               [(1 + pooled) / 3, pooled / 5, pooled])

@@ -3,8 +3,9 @@
   evaluate(run_dir, config) -> {task: {method: {auroc, auroc_ci, auprc, auprc_ci, brier,
                                                  brier_ci, n_cases, n_positive, prevalence}}}
 
-Methods: zero_shot (ETHOS rollouts), next_token (one deterministic forward pass) and probe
-(logistic regression on the hidden state, fitted on train-split cases). Results are merged
+Methods: zero_shot (ETHOS rollouts: fraction ending in the outcome), zero_shot_resolved (the
+same rollouts, capped ones treated as censored), next_token (one deterministic forward pass)
+and probe (logistic regression on the hidden state, fitted on train-split cases). Results are merged
 into summary.json["evaluation"] and TensorBoard (eval/<task>/<method>/<metric>); predictions
 go to <run_dir>/evaluation/<task>/<method>/predictions.parquet in the meds-evaluation format.
 Only aggregates are logged: never a subject id.
@@ -148,6 +149,7 @@ class Predictors:
                 "mean_new_tokens": float(rollouts.new_tokens_CxR.mean()),
                 "token_cap_fraction": float((rollouts.reason_CxR == zero_shot.RUNNING).mean()),
                 "generated_tokens_per_s": float(rollouts.new_tokens_CxR.sum() / max(seconds, 1e-9))})
+            out["zero_shot_resolved"] = (rollouts.resolved_probability_C(), {})
             if zero_shot.supports_next_token(token_rule):
                 out["next_token"] = (self.scorer.run(prompts, valid, token_rule), {})
         if train_cases is not None:

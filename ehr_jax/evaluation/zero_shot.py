@@ -82,7 +82,22 @@ class RolloutResult:
 
     @property
     def probability_C(self) -> np.ndarray:
+        """ETHOS: the fraction of rollouts ending in the outcome (capped ones count as no)."""
         return self.outcome_CxR.mean(axis=1)
+
+    def resolved_probability_C(self, prior_weight: float = 1.0) -> np.ndarray:
+        """Outcome share among rollouts that resolved before the token cap.
+
+        A capped rollout is censored, not negative: counting it as 'no outcome' biases cases
+        whose outcome lies far ahead (a death days into a stay) towards 0. Each case is shrunk
+        towards the pooled resolved rate of all cases with `prior_weight` pseudo-rollouts, so
+        a case whose rollouts were all capped gets the pooled rate. Uses no labels.
+        """
+        resolved = self.reason_CxR != RUNNING
+        n_resolved = resolved.sum(axis=1)
+        n_outcome = (self.outcome_CxR & resolved).sum(axis=1)
+        pooled = n_outcome.sum() / max(n_resolved.sum(), 1)
+        return (n_outcome + prior_weight * pooled) / (n_resolved + prior_weight)
 
 
 class RolloutSampler:
