@@ -55,8 +55,9 @@ def test_evaluate_writes_results_predictions_and_summary(run_dir):
     results = runner.evaluate(str(path), config)
     assert set(results) == {"mortality", "long_stay"}
     # A probe needs both classes among the few train cases, which a tiny sample may lack.
-    assert {"zero_shot", "next_token"} <= set(results["mortality"]) <= {"zero_shot", "next_token", "probe"}
-    assert set(results["long_stay"]) == {"zero_shot", "probe"}  # no outcome token for next_token
+    rollouts = {"zero_shot", "zero_shot_resolved"}
+    assert rollouts | {"next_token"} <= set(results["mortality"]) <= rollouts | {"next_token", "probe"}
+    assert set(results["long_stay"]) == rollouts | {"probe"}  # no outcome token for next_token
     for methods in results.values():
         for result in methods.values():
             assert FIELDS <= set(result)
