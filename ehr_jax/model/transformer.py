@@ -85,6 +85,19 @@ def _fan_in(in_axis, out_axis, scale: float = 1.0):
     return nnx.initializers.variance_scaling(scale, "fan_in", "truncated_normal", in_axis, out_axis)
 
 
+def _project(x, w, n_contract: int = 1, out_dtype=None):
+    """x[..., C] @ w[C, O] over the last n_contract dims, as one 2-D matmul.
+
+    Flattening tokens to rows lets XLA:CPU compute weight gradients without transposing
+    activations (about 25% faster backward than 3-D einsums); reshapes here are free bitcasts.
+    """
+    lead, out = x.shape[: x.ndim - n_contract], w.shape[n_contract:]
+    c = math.prod(w.shape[:n_contract])
+    w_CxO = w.reshape(c, -1).astype(x.dtype)
+    y = jnp.dot(x.reshape(-1, c), w_CxO, preferred_element_type=out_dtype)
+    return y.reshape(*lead, *out)
+
+
 def rope_tables(positions, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
     """sin, cos of shape [B or 1, L, 1, head_dim/2] (float32) for integer positions [.., L]."""
     positions = jnp.atleast_2d(positions).astype(jnp.float32)
@@ -123,14 +136,13 @@ class Attention(nnx.Module):
         self.cfg = cfg
 
     def _qkv(self, x_BxLxD, sin, cos):
-        dt = x_BxLxD.dtype
-        q = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wq[...].astype(dt))
-        k = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wk[...].astype(dt))
-        v = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wv[...].astype(dt))
+        q = _project(x_BxLxD, self.wq[...])
+        k = _project(x_BxLxD, self.wk[...])
+        v = _project(x_BxLxD, self.wv[...])
         return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
 
     def _out(self, o_BxLxHxK):
-        return jnp.einsum("blhk,hkd->bld", o_BxLxHxK, self.wo[...].astype(o_BxLxHxK.dtype))
+        return _project(o_BxLxHxK, self.wo[...], n_contract=2)
 
     def __call__(self, x_BxLxD, sin, cos):
         q, k, v = self._qkv(x_BxLxD, sin, cos)
@@ -167,10 +179,9 @@ class MLP(nnx.Module):
         self.w_down = _param(rngs, _fan_in(0, 1, 1.0 / (2 * cfg.n_layers)), (f, d), ("mlp", "embed"))
 
     def __call__(self, x_BxLxD):
-        dt = x_BxLxD.dtype
-        gate_BxLxF = x_BxLxD @ self.w_gate[...].astype(dt)
-        up_BxLxF = x_BxLxD @ self.w_up[...].astype(dt)
-        return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ self.w_down[...].astype(dt)
+        gate_BxLxF = _project(x_BxLxD, self.w_gate[...])
+        up_BxLxF = _project(x_BxLxD, self.w_up[...])
+        return _project(jax.nn.silu(gate_BxLxF) * up_BxLxF, self.w_down[...])
 
 
 class Block(nnx.Module):
@@ -224,8 +235,7 @@ class Transformer(nnx.Module):
 
     def _logits(self, h_BxLxD):
         w_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
-        w_DxV = w_DxV.astype(h_BxLxD.dtype)
-        logits = jnp.einsum("...d,dv->...v", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
+        logits = _project(h_BxLxD, w_DxV, out_dtype=jnp.float32)
         return parallel.constrain(logits, _ACTIVATION_AXES[-logits.ndim:-1] + ("vocab",))
 
     def _hidden(self, tokens_BxL):
