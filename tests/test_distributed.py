@@ -83,3 +83,12 @@ def test_two_processes_match_one_process(prepared_dir, reference, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["num_devices"] == 4
     _assert_close_runs(str(tmp_path), reference)
+
+
+def test_fsdp_and_tensor_sharding_matches_data_parallel(prepared_dir, reference, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.setattr(prepare, "ensure_prepared", lambda config, workdir: config.data.prepared_dir)
+    config = train_fixtures.tiny_config(prepared_dir, steps=STEPS)
+    config.mesh.shape = (2, 2, 2)  # data x fsdp x tensor: weights and Adam moments split
+    trainer.run(config, str(tmp_path))
+    _assert_close_runs(str(tmp_path), reference)

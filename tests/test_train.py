@@ -13,7 +13,7 @@ train_fixtures.use_compile_cache()
 from ehr_jax import prepare
 from ehr_jax.data import tokenize
 from ehr_jax.errors import ConfigError, EhrJaxError
-from ehr_jax.train import optim, trainer
+from ehr_jax.train import metrics, optim, trainer
 
 SUMMARY_FIELDS = {
     "run_name", "n_params", "n_params_non_embedding", "n_layers", "d_model", "tokens_seen",
@@ -106,3 +106,19 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoint(prepare
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert saved and max(saved) < bad_step
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_chrono_times_only_training_steps(monkeypatch):
+    clock = iter([0.0, 1.0, 100.0, 102.0])  # compile, 1 step, (eval pause), 2 steps
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    chrono = metrics.Chrono(total_steps=10, tokens_per_step=50, flops_per_step=1e6,
+                            peak_flops_total=4e6)
+    chrono.mark(1)  # the compile step only sets the reference
+    chrono.mark(2)
+    chrono.pause()
+    chrono.mark(3)
+    chrono.mark(5)
+    assert (chrono.timed_steps, chrono.timed_s) == (3, 3.0)
+    rates = chrono.rates()
+    assert rates["tokens_per_s"] == pytest.approx(50.0) and rates["mfu"] == pytest.approx(0.25)
+    assert chrono.eta_s(5) == pytest.approx(5.0)
