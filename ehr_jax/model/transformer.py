@@ -64,7 +64,7 @@ def model_config(model_cfg, vocab_size: int, seq_len: int) -> ModelConfig:
         raise ConfigError(f"vocab_size={vocab_size} and seq_len={seq_len} must be positive")
     cudnn_ok = (
         jax.default_backend() == "gpu" and dtype == "bfloat16"
-        and size.head_dim % 8 == 0 and size.head_dim <= 128
+        and size.head_dim % 8 == 0 and size.head_dim <= 128 and _cudnn_flash_capable()
     )
     return ModelConfig(
         vocab_size=vocab_size, seq_len=seq_len, size_name=size.name, d_model=size.d_model,
@@ -73,6 +73,12 @@ def model_config(model_cfg, vocab_size: int, seq_len: int) -> ModelConfig:
         remat=bool(model_cfg.get("remat", False)), dtype=dtype,
         attention="cudnn" if cudnn_ok else "xla",
     )
+
+
+def _cudnn_flash_capable() -> bool:
+    """cuDNN flash attention needs an Ampere-or-newer NVIDIA GPU (compute capability >= 8.0)."""
+    capability = getattr(jax.devices()[0], "compute_capability", "0")
+    return float(capability or 0) >= 8.0
 
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
