@@ -114,7 +114,10 @@ def state_shardings(state, mesh: Mesh):
 
 
 def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
-    """Move a model's state onto its NamedShardings in place (and return it)."""
+    """Move a model's state onto its NamedShardings in place (and return it).
+
+    Every process must hold the same values; for large or multi-host models use init_sharded.
+    """
     state = nnx.state(model)
     nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
     return model

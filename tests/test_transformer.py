@@ -160,6 +160,7 @@ def test_model_config_reads_config_and_rejects_bad_values():
     cfg = T.model_config(ml_collections.ConfigDict(dict(size="d96-l3", n_kv_heads=1)), 50, 32)
     assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads) == (96, 3, 3, 1)
     assert cfg.dtype == "float32" and cfg.attention == "xla"  # "auto" on CPU
+    assert T.model_config({"size": "d96-l3"}, 50, 32).n_kv_heads == 3  # plain dicts work too
     with pytest.raises(ConfigError, match=r"config\.model\.dtype"):
         T.model_config(ml_collections.ConfigDict(dict(size="d96-l3", dtype="fp8")), 50, 32)
     with pytest.raises(ConfigError, match=r"config\.model\.n_kv_heads"):

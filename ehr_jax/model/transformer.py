@@ -52,8 +52,11 @@ class ModelConfig:
 
 
 def model_config(model_cfg, vocab_size: int, seq_len: int) -> ModelConfig:
-    """ModelConfig from config.model (size name, n_kv_heads, tie_embeddings, remat, dtype)."""
-    size = sizes.get_size(model_cfg.size)
+    """ModelConfig from config.model (size name, n_kv_heads, tie_embeddings, remat, dtype).
+
+    `model_cfg` is a ConfigDict or plain dict; missing optional keys take base.py's defaults.
+    """
+    size = sizes.get_size(model_cfg["size"])
     dtype = model_cfg.get("dtype", "auto")
     if dtype == "auto":
         dtype = "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
