@@ -40,7 +40,9 @@ def test_make_mesh_fills_the_free_axis():
     assert dict(parallel.make_mesh([1, 1, -1]).shape)["tensor"] == 8
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 1), (-1, -1, 2), (3, -1, 1), (8, 1), (0, -1, 1), (16, 1, 1)])
+@pytest.mark.parametrize(
+    "shape", [(2, 2, 1), (-1, -1, 2), (3, -1, 1), (8, 1), (0, -1, 1), (16, 1, 1)]
+)
 def test_bad_mesh_shape_is_a_config_error(shape):
     with pytest.raises(ConfigError, match=r"config\.mesh\.shape"):
         parallel.make_mesh(shape)
@@ -68,7 +70,8 @@ def test_uneven_dimensions_fall_back_to_replication():
     assert model.head[...].sharding.spec == jax.P("fsdp", None)
     assert model.blocks[0].attn.wq[...].sharding.spec == jax.P("fsdp", "tensor", None)
     wide = parallel.make_mesh((1, 1, 8))  # 4 heads cannot split 8 ways
-    assert parallel.shard_model(_make()(), wide).blocks[0].attn.wq[...].sharding.spec == jax.P(None, None, None)
+    wq = parallel.shard_model(_make()(), wide).blocks[0].attn.wq[...]
+    assert wq.sharding.spec == jax.P(None, None, None)
 
 
 def test_sharded_forward_matches_single_device():
@@ -108,7 +111,7 @@ def test_initialize_distributed_only_with_several_processes(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
-    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "EHR_JAX_DISTRIBUTED"):
+    for key in (*parallel._EXPLICIT_ENV, "EHR_JAX_DISTRIBUTED"):
         monkeypatch.delenv(key, raising=False)
     parallel.initialize_distributed()
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:12345")

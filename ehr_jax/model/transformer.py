@@ -162,7 +162,7 @@ class Attention(nnx.Module):
         return self.cfg.attention if self.cfg.attention == "cudnn" else None
 
     def prefill(self, x_BxPxD, sin, cos, mask_Bx1xPxP, capacity: int):
-        """Causal attention over a left-padded prompt; returns the output and K/V padded to capacity."""
+        """Causal attention over a left-padded prompt; returns output and K/V padded to capacity."""
         q, k, v = self._qkv(x_BxPxD, sin, cos)
         o = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xPxP, is_causal=True)
         pad = ((0, 0), (0, capacity - k.shape[1]), (0, 0), (0, 0))
@@ -185,7 +185,8 @@ class MLP(nnx.Module):
         d, f = cfg.d_model, cfg.d_ff
         self.w_gate = _param(rngs, _fan_in(0, 1), (d, f), ("embed", "mlp"))
         self.w_up = _param(rngs, _fan_in(0, 1), (d, f), ("embed", "mlp"))
-        self.w_down = _param(rngs, _fan_in(0, 1, 1.0 / (2 * cfg.n_layers)), (f, d), ("mlp", "embed"))
+        down_init = _fan_in(0, 1, 1.0 / (2 * cfg.n_layers))
+        self.w_down = _param(rngs, down_init, (f, d), ("mlp", "embed"))
 
     def __call__(self, x_BxLxD):
         gate_BxLxF = _project(x_BxLxD, self.w_gate[...])
@@ -231,7 +232,8 @@ class Transformer(nnx.Module):
         # Tied: the table doubles as the head, so it is drawn at 1/sqrt(d) (unit-variance logits)
         # and inputs are scaled back up by sqrt(d) (Gemma). Untied: unit-variance embeddings.
         embed_std = 1.0 / math.sqrt(d) if cfg.tie_embeddings else 1.0
-        self.embed = _param(rngs, nnx.initializers.normal(embed_std), (vocab, d), ("vocab", "embed"))
+        embed_init = nnx.initializers.normal(embed_std)
+        self.embed = _param(rngs, embed_init, (vocab, d), ("vocab", "embed"))
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = RMSNorm(d, cfg.norm_eps, rngs=rngs)
         if not cfg.tie_embeddings:
@@ -249,7 +251,8 @@ class Transformer(nnx.Module):
 
     def _hidden(self, tokens_BxL):
         x = parallel.constrain(self._embed(tokens_BxL), _ACTIVATION_AXES)
-        sin, cos = rope_tables(jnp.arange(tokens_BxL.shape[1]), self.cfg.head_dim, self.cfg.rope_theta)
+        positions_L = jnp.arange(tokens_BxL.shape[1])
+        sin, cos = rope_tables(positions_L, self.cfg.head_dim, self.cfg.rope_theta)
         run = _run_block_remat if self.cfg.remat else _run_block
         for block in self.blocks:
             x = parallel.constrain(run(block, x, sin, cos), _ACTIVATION_AXES)
