@@ -143,14 +143,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
 _EXPLICIT_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-def initialize_distributed(auto_detect: bool = False) -> None:
+def _cluster_detected(env) -> bool:
+    """Several SLURM tasks under srun, or a multi-host TPU slice: JAX finds its peers itself."""
+    slurm = int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in env
+    tpu_pod = "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    return slurm or tpu_pod
+
+
+def initialize_distributed(auto_detect: bool | None = None) -> None:
     """Start jax.distributed when this is one of several processes, then log who we are.
 
     Explicit: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES (> 1) and JAX_PROCESS_ID all set (the
-    localhost and generic-cluster path). auto_detect=True (or EHR_JAX_DISTRIBUTED=auto) lets JAX
-    detect SLURM / TPU pod / MPI itself. Otherwise a single process starts nothing.
+    localhost and generic-cluster path). Detected: several SLURM tasks (srun) or a multi-host TPU
+    slice, where JAX reads its arguments from the cluster; EHR_JAX_DISTRIBUTED=auto forces
+    detection (e.g. Open MPI), =off disables it. A single process starts nothing.
     """
     env = os.environ
+    mode = env.get("EHR_JAX_DISTRIBUTED", "").lower()
+    if auto_detect is None:
+        auto_detect = mode == "auto" or (mode != "off" and _cluster_detected(env))
     if jax.distributed.is_initialized():
         pass
     elif all(env.get(k) for k in _EXPLICIT_ENV) and int(env["JAX_NUM_PROCESSES"]) > 1:
@@ -159,7 +170,7 @@ def initialize_distributed(auto_detect: bool = False) -> None:
             num_processes=int(env["JAX_NUM_PROCESSES"]),
             process_id=int(env["JAX_PROCESS_ID"]),
         )
-    elif auto_detect or env.get("EHR_JAX_DISTRIBUTED", "").lower() == "auto":
+    elif auto_detect:
         jax.distributed.initialize()
     logging.info(
         "process %d of %d; %d local / %d global devices (%s)",

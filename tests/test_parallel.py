@@ -111,7 +111,8 @@ def test_initialize_distributed_only_with_several_processes(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
-    for key in (*parallel._EXPLICIT_ENV, "EHR_JAX_DISTRIBUTED"):
+    for key in (*parallel._EXPLICIT_ENV, "EHR_JAX_DISTRIBUTED", "SLURM_NTASKS", "SLURM_STEP_ID",
+                "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(key, raising=False)
     parallel.initialize_distributed()
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:12345")
@@ -123,3 +124,12 @@ def test_initialize_distributed_only_with_several_processes(monkeypatch):
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
     parallel.initialize_distributed()
     assert calls == [dict(coordinator_address="localhost:12345", num_processes=2, process_id=1)]
+    calls.clear()
+    for key in parallel._EXPLICIT_ENV:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    parallel.initialize_distributed()  # srun with 4 tasks: JAX reads SLURM's variables itself
+    monkeypatch.setenv("EHR_JAX_DISTRIBUTED", "off")
+    parallel.initialize_distributed()
+    assert calls == [{}]
