@@ -40,13 +40,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.train.eval_tokens = 65536  # same windows for every run: differences are systematic
     config.train.checkpoint_every = 1000  # a kill loses at most ~10 s of a run
     config.grid = grid.default_grid()
-    # Measured here: the loss-optimal rung moves from d16-l1/d24-l1 (3e11) to d24-l1/d32-l1
-    # (6e11) and up, so rungs around it give each budget an interior minimum; small rungs at the
+    # Measured here: the loss-optimal rung moves from d24-l1 (3e11) through d24/d32 (6e11) to
+    # d48-l2 (1.2e12), so these rungs give each budget an interior minimum; small rungs at the
     # largest budget would cost the most time and sit far from its optimum.
     config.grid.budgets = (3e11, 6e11, 1.2e12)
     config.grid.sizes = (("d16-l1", "d24-l1", "d32-l1", "d48-l2"),
                          ("d16-l1", "d24-l1", "d32-l1", "d48-l2"),
-                         ("d24-l1", "d32-l1", "d48-l2"))
+                         ("d32-l1", "d48-l2", "d64-l2"))
     config.grid.min_steps = 50
     config.grid.max_epochs = 10.0
     if preset == "tiny":
