@@ -3,7 +3,9 @@
   python benchmarks/bench_rollouts.py                       # two small sizes, CPU-friendly
   python benchmarks/bench_rollouts.py --sizes=d128-l4,d256-l6 --cases=64 --rollouts=20
 
-Random weights (speed does not depend on them); a model that never stops, so every rollout
+Random weights (speed does not depend on them); the KV cache is a ring buffer of prompt_len
+slots (the runner uses the training length), so a step's cost does not grow with the rollout;
+a model that never stops, so every rollout
 runs to max_new_tokens and the count of generated tokens is exact. Compile time is reported
 apart. Prints the machine (device kind, CPU count, load average): on a shared machine the
 numbers are noisy, so compare runs made side by side.
@@ -51,7 +53,8 @@ def bench_size(size: str) -> dict:
     tokens, valid = zero_shot.left_pad(prompts, _PROMPT.value)
     horizon = np.full(_CASES.value, np.inf)
     sampler = zero_shot.RolloutSampler(model, prompt_len=_PROMPT.value, max_new_tokens=_NEW.value,
-                                       num_rollouts=_ROLLOUTS.value, cases_per_batch=_CASES.value)
+                                       num_rollouts=_ROLLOUTS.value, cases_per_batch=_CASES.value,
+                                       window=_PROMPT.value)  # as the runner: ring buffer of the window
     t0 = time.perf_counter()
     sampler.run(tokens, valid, horizon, rule, seed=0)
     compile_s = time.perf_counter() - t0
