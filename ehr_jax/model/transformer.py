@@ -247,7 +247,8 @@ class Transformer(nnx.Module):
     def _logits(self, h_BxLxD):
         w_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         logits = _project(h_BxLxD, w_DxV, out_dtype=jnp.float32)
-        return parallel.constrain(logits, _ACTIVATION_AXES[-logits.ndim:-1] + ("vocab",))
+        axes = ("batch", "length", "vocab") if logits.ndim == 3 else ("batch", "vocab")
+        return parallel.constrain(logits, axes)
 
     def _hidden(self, tokens_BxL):
         x = parallel.constrain(self._embed(tokens_BxL), _ACTIVATION_AXES)
