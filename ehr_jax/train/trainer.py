@@ -339,6 +339,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "flops_per_token": plan.flops_per_token,
         "flops_6nd": sizes.flops_6nd(plan.n_params, tokens),
         "flop_convention": sizes.FLOP_CONVENTION,
+        # mean over the last log_every steps: one step's loss is too noisy for a fit
         "final_train_loss": float(np.mean(loop.recent_losses)) if loop.recent_losses else None,
         "val_loss": val.mean,
         "loss_by_token_type": metrics.loss_by_token_type(val, type_names),
