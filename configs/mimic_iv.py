@@ -40,9 +40,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.train.eval_tokens = 2**21
     config.train.checkpoint_every = 1000
     config.grid = grid.default_grid()
-    # 1e16..1e19 FLOPs; auto sizes put the 7 rungs around D = 20 N at each budget, which spans
+    # 3e15..1e19 FLOPs; auto sizes put the 7 rungs around D = 20 N at each budget, which spans
     # about 1M to 1B parameters over the grid (the paper's range).
-    config.grid.budgets = (1e16, 3e16, 1e17, 3e17, 1e18, 3e18, 1e19)
+    config.grid.budgets = (3e15, 1e16, 3e16, 1e17, 3e17, 1e18, 3e18, 1e19)
     config.grid.sizes_per_budget = 7
     config.grid.min_steps = 500
     config.grid.max_epochs = 4.0
