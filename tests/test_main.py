@@ -36,3 +36,22 @@ def test_user_error_prints_message_without_traceback(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: config.model.size='d7-l99'")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_grid_config_runs_the_sweep_and_plain_config_trains_then_evaluates(monkeypatch, tmp_path):
+    import ml_collections
+
+    from ehr_jax import main, sweep
+    from ehr_jax.evaluation import runner
+    from ehr_jax.train import trainer
+
+    calls = []
+    monkeypatch.setattr(sweep, "run", lambda config, workdir: calls.append("sweep") or {})
+    monkeypatch.setattr(trainer, "run", lambda config, workdir: calls.append("train") or {"steps": 1})
+    monkeypatch.setattr(runner, "evaluate", lambda workdir, config: calls.append("eval") or {"t": 1})
+    config = train_fixtures.base_config()
+    config.eval.enabled = True
+    assert main.run(config, str(tmp_path)) == {"steps": 1, "evaluation": {"t": 1}}
+    config.grid = ml_collections.ConfigDict({"budgets": (1e12,)})
+    main.run(config, str(tmp_path))
+    assert calls == ["train", "eval", "sweep"]

@@ -118,6 +118,7 @@ class MetricsWriter:
         for key, value in clean.items():
             if value is not None:
                 self._tb.add_scalar(key, value, global_step=step)
+        self._tb.flush()  # a SIGKILL must not lose the points before the last checkpoint
 
     def close(self) -> None:
         if self.enabled:
