@@ -122,3 +122,19 @@ def test_chrono_times_only_training_steps(monkeypatch):
     rates = chrono.rates()
     assert rates["tokens_per_s"] == pytest.approx(50.0) and rates["mfu"] == pytest.approx(0.25)
     assert chrono.eta_s(5) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.global_batch_size", 12, "multiple of the 8 batch shards"),
+    ("train.log_every", 0, "train.log_every must be >= 1"),
+    ("model.size", "d7-l99", "is not a known size"),
+    ("mesh.shape", (3, 1, 1), "mesh.shape"),
+])
+def test_config_mistakes_are_clear_errors_before_training(prepared_dir, tmp_path, key, value,
+                                                          message):
+    config = train_fixtures.tiny_config(prepared_dir)
+    group, name = key.split(".")
+    config[group][name] = value
+    with pytest.raises(ConfigError, match=message):
+        trainer.run(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()

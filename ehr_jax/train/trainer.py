@@ -60,6 +60,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     is_writer = jax.process_index() == 0
     sizes.get_size(config.model.size)  # config mistakes surface before data is prepared
     mesh = parallel.make_mesh(tuple(config.mesh.shape))
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.train.global_batch_size % batch_shards:
+        raise ConfigError(f"train.global_batch_size={config.train.global_batch_size} must be a "
+                          f"multiple of the {batch_shards} batch shards (data x fsdp) of "
+                          f"mesh.shape={tuple(config.mesh.shape)}")
 
     # Data: prepared once (process 0 writes), then every process reads its rows of each batch.
     prepared_dir = prepare.ensure_prepared(config, workdir)
@@ -139,6 +144,12 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
                                           n_kv_heads=model_cfg.n_kv_heads,
                                           tie_embeddings=model_cfg.tie_embeddings)
     batch = int(config.train.global_batch_size)
+    for key in ("log_every", "checkpoint_every"):
+        if int(config.train[key]) < 1:
+            raise ConfigError(f"train.{key} must be >= 1; got {config.train[key]}")
+    if int(config.train.eval_every) < 0:
+        raise ConfigError(f"train.eval_every must be >= 0 (0: only at the end); "
+                          f"got {config.train.eval_every}")
     steps = optim.num_steps(config.train, tokens_per_step=batch * model_cfg.seq_len,
                             flops_per_token=flops_per_token)
     return Plan(steps=steps, global_batch_size=batch, seq_len=model_cfg.seq_len,
