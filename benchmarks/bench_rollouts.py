@@ -35,11 +35,22 @@ _ROLLOUTS = flags.DEFINE_integer("rollouts", 20, "Rollouts per case.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed batches after the compile.")
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     device = jax.devices()[0]
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
     return (f"{device.platform}:{device.device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
-            f"load avg {load[0]:.1f}, {platform.processor() or platform.machine()}, jax {jax.__version__}")
+            f"load avg {load[0]:.1f}, {cpu_model()}, jax {jax.__version__}")
 
 
 def bench_size(size: str) -> dict:
