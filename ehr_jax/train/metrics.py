@@ -167,7 +167,7 @@ def loss_by_token_type(val: ValLosses, type_names: np.ndarray) -> dict:
     """{type: {loss, n_tokens}} over validation targets, for types that occur."""
     result = {}
     for name in dict.fromkeys(type_names):
-        ids = np.flatnonzero(type_names[:len(val.count_by_target)] == name)
+        ids = np.flatnonzero(type_names == name)
         count = int(val.count_by_target[ids].sum())
         if count:
             result[str(name)] = {"loss": float(val.sum_by_target[ids].sum() / count),

@@ -47,6 +47,7 @@ class Plan:
     flops_per_token: float
     n_params: int
     n_params_non_embedding: int
+    vocab_size: int
 
     @property
     def tokens_per_step(self) -> int:
@@ -118,7 +119,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         state = loop.run(state, start_step)
         # Final validation and loss by token type on the same fixed tuning windows.
-        val = validation_losses(eval_step, state, val_batches, batch_sharding)
+        val = validation_losses(eval_step, state, val_batches, batch_sharding,
+                                model_cfg.vocab_size)
         writer.write(plan.steps, {"val_loss": val.mean})
     finally:
         loader.close()
@@ -155,7 +157,7 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
     return Plan(steps=steps, global_batch_size=batch, seq_len=model_cfg.seq_len,
                 peak_lr=optim.peak_learning_rate(config.train, size.d_model),
                 flops_per_token=flops_per_token, n_params=total,
-                n_params_non_embedding=non_embedding)
+                n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
 
 
 def init_state(model_cfg: transformer.ModelConfig, tx: optax.GradientTransformation,
@@ -229,26 +231,18 @@ def full_batch_to_global(batch: Batch, sharding: Any) -> dict:
             for key, value in batch.items()}
 
 
-def validation_losses(eval_step: Callable, state: Any, batches: list[Batch],
-                      sharding: Any) -> metrics.ValLosses:
-    sums, counts = None, None
+def validation_losses(eval_step: Callable, state: Any, batches: list[Batch], sharding: Any,
+                      vocab_size: int) -> metrics.ValLosses:
+    """Token-weighted mean loss over the fixed batches, plus loss sums per target token id."""
+    sums, counts = np.zeros(vocab_size), np.zeros(vocab_size, np.int64)
     for batch in batches:
         losses_BxL = np.asarray(jax.device_get(eval_step(state, full_batch_to_global(batch, sharding))))
         mask = batch["mask"] > 0
         targets = batch["targets"][mask]
-        vocab = int(targets.max(initial=0)) + 1
-        batch_sums = np.bincount(targets, weights=losses_BxL[mask].astype(np.float64), minlength=vocab)
-        batch_counts = np.bincount(targets, minlength=vocab)
-        sums = batch_sums if sums is None else _add_padded(sums, batch_sums)
-        counts = batch_counts if counts is None else _add_padded(counts, batch_counts)
-    total = float(counts.sum()) if counts is not None else 0.0
-    mean = float(sums.sum() / total) if total else math.nan
-    return metrics.ValLosses(mean, sums, counts)
-
-
-def _add_padded(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    n = max(len(a), len(b))
-    return np.pad(a, (0, n - len(a))) + np.pad(b, (0, n - len(b)))
+        sums += np.bincount(targets, weights=losses_BxL[mask], minlength=vocab_size)
+        counts += np.bincount(targets, minlength=vocab_size)
+    total = counts.sum()
+    return metrics.ValLosses(float(sums.sum() / total) if total else math.nan, sums, counts)
 
 
 class TrainLoop:
@@ -317,7 +311,7 @@ class TrainLoop:
 
     def validate(self, state: Any, step: int) -> None:
         self.val_loss = validation_losses(self.eval_step, state, self.val_batches,
-                                          self.batch_sharding).mean
+                                          self.batch_sharding, self.plan.vocab_size).mean
         self.writer.write(step, {"val_loss": self.val_loss})
         logging.info("step %d: validation loss %.4f", step, self.val_loss)
 
