@@ -82,8 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.makedirs(workdir, exist_ok=True)
         shards.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
-    # Model and optimizer, created directly in their shardings (explicit shardings on every
-    # jit, so no ambient mesh is needed).
+    # Model and optimizer, created directly in their shardings.
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
     graphdef, state, state_sharding = init_state(model_cfg, tx, mesh, config.seed)
     batch_sharding = parallel.batch_sharding(mesh)
@@ -117,10 +116,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     loop = TrainLoop(plan, config.train, train_step, eval_step, loader, val_batches,
                      batch_sharding, checkpointer, writer, chrono, meta)
     try:
-        state = loop.run(state, start_step)
-        # Final validation and loss by token type on the same fixed tuning windows.
-        val = validation_losses(eval_step, state, val_batches, batch_sharding,
-                                model_cfg.vocab_size)
+        # Steps trace under the mesh so the model's activation constraints apply.
+        with jax.set_mesh(mesh):
+            state = loop.run(state, start_step)
+            # Final validation and loss by token type on the same fixed tuning windows.
+            val = validation_losses(eval_step, state, val_batches, batch_sharding,
+                                    model_cfg.vocab_size)
         writer.write(plan.steps, {"val_loss": val.mean})
     finally:
         loader.close()
