@@ -8,27 +8,16 @@ with data/ and metadata/, e.g. the output of the MIMIC-IV MEDS ETL). `--dry_run`
 command per run for launchers. Preset `:eval` also evaluates every finished run.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-from ehr_jax import grid
+from ehr_jax import config_files, grid
 from ehr_jax.errors import ConfigError
 
 PRESETS = ("", "eval")  # values of the `:preset` suffix this file accepts
 
-def _base_config() -> ml_collections.ConfigDict:
-    """configs/base.py by path: config_flags loads presets as files, not as a package."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")
-    spec = importlib.util.spec_from_file_location("ehr_jax_configs_base", path)
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    return base.get_config()
-
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    config = _base_config()
+    config = config_files.load_sibling(__file__)
     config.data.meds_dir = ""  # required: your MIMIC-IV MEDS root (the sweep refuses "")
     config.data.synthetic_subjects = 0  # never fall back to synthetic data
     config.data.seq_len = 2048  # ETHOS context length

@@ -8,27 +8,16 @@ runs/quickstart/analysis. Kill it at any point and rerun the same command to fin
 Preset `:tiny` is a 2 x 2 grid without the analysis, for tests and kill-and-rerun checks.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-from ehr_jax import grid
+from ehr_jax import config_files, grid
 from ehr_jax.errors import ConfigError
 
 PRESETS = ("", "tiny")  # values of the `:preset` suffix this file accepts
 
-def _base_config() -> ml_collections.ConfigDict:
-    """configs/base.py by path: config_flags loads presets as files, not as a package."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")
-    spec = importlib.util.spec_from_file_location("ehr_jax_configs_base", path)
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    return base.get_config()
-
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    config = _base_config()
+    config = config_files.load_sibling(__file__)
     # Tiny models need a compact vocabulary (embedding + head would outweigh the blocks), short
     # windows and small batches (enough optimizer steps in a 6e10-FLOP run).
     config.data.synthetic_subjects = 1500

@@ -5,23 +5,13 @@
 Kill it after a checkpoint and rerun the same command: it resumes and ends with the same losses.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _base_config() -> ml_collections.ConfigDict:
-    """configs/base.py by path: config_flags loads presets as files, not as a package."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")
-    spec = importlib.util.spec_from_file_location("ehr_jax_configs_base", path)
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    return base.get_config()
+from ehr_jax import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _base_config()
+    config = config_files.load_sibling(__file__)
     config.data.synthetic_subjects = 200
     config.data.seq_len = 128
     config.model.size = "d32-l1"

@@ -6,25 +6,13 @@ For a GPU node or TPU slice (launch/README.md); the same code path as configs/mi
 it rehearses a real study without credentialed data. `--dry_run` prints one command per run.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-from ehr_jax import grid
-
-
-def _base_config() -> ml_collections.ConfigDict:
-    """configs/base.py by path: config_flags loads presets as files, not as a package."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")
-    spec = importlib.util.spec_from_file_location("ehr_jax_configs_base", path)
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    return base.get_config()
+from ehr_jax import config_files, grid
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _base_config()
+    config = config_files.load_sibling(__file__)
     config.data.synthetic_subjects = 300_000  # MIMIC-IV has about 300k patients
     config.data.seq_len = 2048
     config.data.num_workers = 4
