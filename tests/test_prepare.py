@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from meds_fixtures import BASE, frame, patient, small_dataset, write_meds  # noqa: E402
 
+import ehr_jax.data  # noqa: E402
 from ehr_jax import prepare as prep  # noqa: E402
 from ehr_jax.data import shards, tokenize  # noqa: E402
 from ehr_jax.errors import ConfigError, DataError  # noqa: E402
@@ -162,7 +163,11 @@ def test_ensure_prepared_generates_synthetic_once(tmp_path, monkeypatch):
         small_dataset(Path(out_dir))
         return {"subjects": 10}
 
-    monkeypatch.setitem(sys.modules, "ehr_jax.data.synthetic", types.SimpleNamespace(generate=generate))
+    fake = types.SimpleNamespace(generate=generate)
+    # `from ehr_jax.data import synthetic` reads the package attribute once another test imported
+    # the real module, so replace both.
+    monkeypatch.setitem(sys.modules, "ehr_jax.data.synthetic", fake)
+    monkeypatch.setattr(ehr_jax.data, "synthetic", fake, raising=False)
     prepared = prep.ensure_prepared(_config(), tmp_path)
     assert prepared == str(tmp_path / "prepared")
     assert shards.read_manifest(prepared)["meds_dir"] == str(tmp_path / "meds")
