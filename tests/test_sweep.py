@@ -256,9 +256,16 @@ def test_missing_meds_dir_without_synthetic_data_is_a_config_error(tmp_path):
 def test_compilation_cache_lives_in_the_sweep_dir(tmp_path, monkeypatch):
     import jax
 
+    # Other tests share a persistent cache; the sweep keeps a user's choice, so clear it here.
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
     updates = {}
     monkeypatch.setattr(jax.config, "update", lambda key, value: updates.__setitem__(key, value))
-    _run(_config(budgets=(1e11,), compilation_cache=True), tmp_path, FakeTrainer())
+    try:
+        _run(_config(budgets=(1e11,), compilation_cache=True), tmp_path, FakeTrainer())
+    finally:
+        monkeypatch.undo()
+        jax.config.update("jax_compilation_cache_dir", previous)
     assert updates["jax_compilation_cache_dir"] == str(tmp_path / "jax_cache")
 
 
