@@ -6,6 +6,8 @@ Generates synthetic MEDS data, prepares it, trains an IsoFLOP grid of tiny decod
 FLOP budgets x a few sizes), fits the scaling laws and writes plots and fit.json into
 runs/quickstart/analysis. Kill it at any point and rerun the same command to finish the grid.
 Preset `:tiny` is a 2 x 2 grid without the analysis, for tests and kill-and-rerun checks.
+Preset `:eval` also scores every run on zero-shot in-hospital mortality (slower), so the
+analysis fits clinical utility against model size.
 """
 
 import ml_collections
@@ -13,7 +15,7 @@ import ml_collections
 from ehr_jax import config_files, grid
 from ehr_jax.errors import ConfigError
 
-PRESETS = ("", "tiny")  # values of the `:preset` suffix this file accepts
+PRESETS = ("", "tiny", "eval")  # values of the `:preset` suffix this file accepts
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -35,7 +37,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.grid.budgets = (3e11, 6e11, 1.2e12)
     config.grid.sizes = (("d16-l1", "d24-l1", "d32-l1", "d48-l2"),
                          ("d16-l1", "d24-l1", "d32-l1", "d48-l2"),
-                         ("d32-l1", "d48-l2", "d64-l2"))
+                         ("d32-l1", "d48-l2", "d64-l2", "d96-l3"))
     config.grid.min_steps = 50
     config.grid.max_epochs = 10.0
     if preset == "tiny":
@@ -45,6 +47,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         config.grid.min_steps = 10
         config.grid.max_epochs = 50.0
         config.grid.analysis = False  # two sizes per budget: no parabola to fit
+    elif preset == "eval":  # adds zero-shot mortality per run: about 1-2 extra minutes a run here
+        config.eval.enabled = True
+        config.eval.tasks = ("mortality",)
+        config.eval.num_rollouts = 10
+        config.eval.max_cases = 200
+        config.eval.bootstrap = 200
     elif preset:
         raise ConfigError(f"configs/quickstart.py: unknown preset {preset!r}; expected one of "
                           f"{PRESETS}")
