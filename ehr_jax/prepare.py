@@ -164,6 +164,13 @@ def ensure_prepared(config, workdir: str | os.PathLike) -> str:
     data = config.data
     meds_dir = Path(data.meds_dir).expanduser() if data.meds_dir else workdir / "meds"
     prepared_dir = Path(data.prepared_dir).expanduser() if data.prepared_dir else workdir / "prepared"
+    if data.prepared_dir and not data.meds_dir and (prepared_dir / shards.MANIFEST).exists():
+        # A prepared dir named without its MEDS source is used as it is: regenerating synthetic
+        # data into it would overwrite what the user prepared from their own dataset.
+        logging.info("Using the prepared data in %s as it is (config.data.meds_dir is empty)",
+                     prepared_dir)
+        return str(prepared_dir)
+
     def build() -> None:
         if not data.meds_dir:
             _ensure_synthetic(meds_dir, data.synthetic_subjects, data.synthetic_seed)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import train_fixtures
-from ehr_jax import prepare
+
 from ehr_jax.train import trainer
 
 train_fixtures.use_compile_cache()
@@ -26,9 +26,7 @@ def prepared_dir(tmp_path_factory):
 def uninterrupted(prepared_dir, tmp_path_factory):
     """The reference: the same run from step 0 to the end without a stop."""
     run_dir = str(tmp_path_factory.mktemp("uninterrupted"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prepare, "ensure_prepared", lambda config, workdir: config.data.prepared_dir)
-        summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir)
+    summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir)
     return run_dir, summary
 
 
@@ -49,7 +47,6 @@ class _Stop(Exception):
 
 def test_stop_after_checkpoint_then_rerun_matches_uninterrupted(prepared_dir, tmp_path,
                                                                  monkeypatch, uninterrupted):
-    monkeypatch.setattr(prepare, "ensure_prepared", lambda config, workdir: config.data.prepared_dir)
     config = train_fixtures.tiny_config(prepared_dir, steps=STEPS)
     save = trainer.TrainLoop.save
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import train_fixtures
-from ehr_jax import prepare
+
 from ehr_jax.train import trainer
 
 train_fixtures.use_compile_cache()
@@ -32,9 +32,7 @@ def prepared_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(prepared_dir, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("eight_devices"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prepare, "ensure_prepared", lambda config, workdir: config.data.prepared_dir)
-        summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir)
+    summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir)
     assert summary["num_devices"] == 8
     return run_dir
 
@@ -85,9 +83,7 @@ def test_two_processes_match_one_process(prepared_dir, reference, tmp_path):
     _assert_close_runs(str(tmp_path), reference)
 
 
-def test_fsdp_and_tensor_sharding_matches_data_parallel(prepared_dir, reference, tmp_path,
-                                                        monkeypatch):
-    monkeypatch.setattr(prepare, "ensure_prepared", lambda config, workdir: config.data.prepared_dir)
+def test_fsdp_and_tensor_sharding_matches_data_parallel(prepared_dir, reference, tmp_path):
     config = train_fixtures.tiny_config(prepared_dir, steps=STEPS)
     config.mesh.shape = (2, 2, 2)  # data x fsdp x tensor: weights and Adam moments split
     trainer.run(config, str(tmp_path))

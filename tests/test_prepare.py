@@ -208,3 +208,14 @@ def test_token_types_of_a_prepared_vocab(tmp_path):
     tokens = shards.read_vocab(tmp_path / "out")
     names = {tokenize.TOKEN_TYPE_NAMES[i] for i in tokenize.token_types(tokens)}
     assert {"special", "time", "value", "static", "diagnosis", "lab", "encounter"} <= names
+
+
+def test_ensure_prepared_keeps_a_named_prepared_dir_without_meds_dir(tmp_path, monkeypatch):
+    prepared = str(tmp_path / "mine")
+    prep.prepare(small_dataset(tmp_path / "meds"), prepared, **SETTINGS)
+    before = shards.read_manifest(prepared)
+    fake = types.SimpleNamespace(generate=lambda *a, **k: pytest.fail("generated synthetic data"))
+    monkeypatch.setitem(sys.modules, "ehr_jax.data.synthetic", fake)
+    monkeypatch.setattr(ehr_jax.data, "synthetic", fake, raising=False)
+    assert prep.ensure_prepared(_config("", prepared), tmp_path / "work") == prepared
+    assert shards.read_manifest(prepared) == before

@@ -10,7 +10,7 @@ import pytest
 import train_fixtures
 
 train_fixtures.use_compile_cache()
-from ehr_jax import prepare
+
 from ehr_jax.data import tokenize
 from ehr_jax.errors import ConfigError, EhrJaxError
 from ehr_jax.train import metrics, optim, trainer
@@ -26,12 +26,6 @@ SUMMARY_FIELDS = {
 @pytest.fixture(scope="module")
 def prepared_dir(tmp_path_factory):
     return train_fixtures.write_prepared(str(tmp_path_factory.mktemp("prepared")))
-
-
-@pytest.fixture(autouse=True)
-def use_fixture_data(monkeypatch):
-    """The tests bring their own tiny prepared dir instead of generating MEDS."""
-    monkeypatch.setattr(prepare, "ensure_prepared", lambda config, workdir: config.data.prepared_dir)
 
 
 def _train(**kw):

@@ -17,7 +17,7 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 import train_fixtures  # noqa: E402
-from ehr_jax import parallel, prepare  # noqa: E402
+from ehr_jax import parallel  # noqa: E402
 from ehr_jax.train import trainer  # noqa: E402
 
 
@@ -25,7 +25,6 @@ def main() -> None:
     prepared_dir, workdir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     slow_after = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     parallel.initialize_distributed()
-    prepare.ensure_prepared = lambda config, workdir: config.data.prepared_dir
     if slow_after:  # give the parent time to kill us between checkpoints
         record = trainer.TrainLoop.record
 
