@@ -249,14 +249,20 @@ def _replace_file(path: Path, text: str) -> None:
 
 
 def record_result(workdir: str, summary: dict, name: str) -> bool:
-    """Adds a run's summary to results.jsonl unless a line for that run is there already."""
+    """Puts a run's summary into results.jsonl: one line per run, replaced when the summary
+    changed (an evaluation merged after training); returns whether the file changed."""
     summary = dict(summary)
     summary.setdefault("run_name", name)
     with _locked(workdir):
         results = read_results(workdir)
-        if any(_line_name(line) == name for line in results):
+        index = next((i for i, line in enumerate(results) if _line_name(line) == name), None)
+        if index is None:
+            results.append(summary)
+        elif results[index] == summary:
             return False
-        lines = [json.dumps(line, sort_keys=True) for line in results + [summary]]
+        else:
+            results[index] = summary
+        lines = [json.dumps(line, sort_keys=True) for line in results]
         _replace_file(Path(workdir) / RESULTS, "\n".join(lines) + "\n")
     return True
 
@@ -269,9 +275,9 @@ def _line_name(line: dict) -> str:
 
 
 def sync_results(workdir: str, points: list) -> int:
-    """Re-adds runs whose summary.json exists but whose line is missing (a kill between the two).
+    """Brings results.jsonl in line with the runs' summary.json files (a kill between the two).
 
-    Runs that still need evaluation are left for the loop, which evaluates and then adds them.
+    Runs that still need evaluation are updated again by the loop once evaluated.
     """
     if not _is_writer():
         return 0
@@ -282,7 +288,7 @@ def sync_results(workdir: str, points: list) -> int:
             summary = json.loads(path.read_text())
             added += record_result(workdir, summary, point.name)
     if added:
-        logging.info("Sweep: re-added %d finished runs to %s", added, Path(workdir) / RESULTS)
+        logging.info("Sweep: brought %d finished runs up to date in %s", added, Path(workdir) / RESULTS)
     return added
 
 

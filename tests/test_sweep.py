@@ -198,6 +198,17 @@ def test_evaluation_runs_once_per_finished_run(tmp_path):
     assert "evaluation" in summary
 
 
+def test_evaluating_a_finished_sweep_updates_its_results_lines(tmp_path):
+    config = _config(budgets=(1e11,))
+    _run(config, tmp_path, FakeTrainer())
+    assert all("evaluation" not in line for line in sweep.read_results(str(tmp_path)))
+    config.eval.enabled = True
+    _run(config, tmp_path, FakeTrainer(), evaluate_fn=lambda run_dir, cfg: {"mortality": {}})
+    lines = sweep.read_results(str(tmp_path))
+    assert sorted(line["run_name"] for line in lines) == ["c1e11-d32-l1", "c1e11-d48-l2"]
+    assert all(line["evaluation"] == {"mortality": {}} for line in lines)
+
+
 def test_analysis_runs_at_the_end_and_its_failure_is_reported(tmp_path):
     seen = []
     config = _config(budgets=(1e11,), analysis=True)
