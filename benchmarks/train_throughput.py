@@ -4,7 +4,9 @@
 
 Random tokens (no input pipeline), one device, AdamW, the study's FLOP count. Prints the machine,
 the matmul peak measured on it (the MFU denominator on CPUs, see ehr_jax.model.sizes) and, per
-size: parameters, compile seconds, step seconds, tokens/s, model GFLOP/s and MFU.
+size: parameters, compile seconds, step seconds, tokens/s, model GFLOP/s, MFU and the load
+average (the CPU VM is shared). benchmarks/pytorch_reference.py is the same model in PyTorch
+eager, to run alternately with this one (docs/PERFORMANCE.md, "Side by side").
 """
 
 import os
@@ -128,13 +130,14 @@ def main(argv) -> None:
     print(f"batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value}, "
           f"dtype {_DTYPE.value}, {_STEPS.value} timed steps")
     print(f"{'size':>9} {'params':>10} {'non-emb':>10} {'compile s':>9} {'step ms':>8} "
-          f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak':>6} {'MFU':>6}")
+          f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak':>6} {'MFU':>6} {'load':>5}")
     for name in _SIZES.value:
         cpu = jax.devices()[0].platform == "cpu"
         r = measure(name, matmul_peak() if cpu else peak)
         print(f"{r['size']:>9} {r['n_params']:>10,} {r['n_params_non_embedding']:>10,} "
               f"{r['compile_s']:>9.1f} {1e3 * r['step_s']:>8.1f} {r['tokens_per_s']:>9,.0f} "
-              f"{r['gflops_per_s']:>8.1f} {r['peak'] / 1e9:>6.1f} {100 * r['mfu']:>5.1f}%", flush=True)
+              f"{r['gflops_per_s']:>8.1f} {r['peak'] / 1e9:>6.1f} {100 * r['mfu']:>5.1f}% "
+              f"{os.getloadavg()[0]:>5.1f}", flush=True)
 
 
 if __name__ == "__main__":
