@@ -18,11 +18,6 @@ STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def prepared_dir(tmp_path_factory):
-    return train_fixtures.write_prepared(str(tmp_path_factory.mktemp("prepared")))
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(prepared_dir, tmp_path_factory):
     """The reference: the same run from step 0 to the end without a stop."""
     run_dir = str(tmp_path_factory.mktemp("uninterrupted"))

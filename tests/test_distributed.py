@@ -25,11 +25,6 @@ CHILD = os.path.join(train_fixtures.REPO, "tests", "train_child.py")
 
 
 @pytest.fixture(scope="module")
-def prepared_dir(tmp_path_factory):
-    return train_fixtures.write_prepared(str(tmp_path_factory.mktemp("prepared")))
-
-
-@pytest.fixture(scope="module")
 def reference(prepared_dir, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("eight_devices"))
     summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir)

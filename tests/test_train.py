@@ -23,11 +23,6 @@ SUMMARY_FIELDS = {
     "loss_by_token_type"}
 
 
-@pytest.fixture(scope="module")
-def prepared_dir(tmp_path_factory):
-    return train_fixtures.write_prepared(str(tmp_path_factory.mktemp("prepared")))
-
-
 def _train(**kw):
     config = train_fixtures.base_config().train
     for key, value in kw.items():
