@@ -11,13 +11,14 @@ share). Numbers go to docs/PERFORMANCE.md with the machine.
 """
 
 import os
-import platform
 import tempfile
 import time
 
 import grain
 import numpy as np
 from absl import app, flags
+
+import machine
 
 from ehr_jax.data import loader, shards
 
@@ -64,8 +65,7 @@ def _time_loader(root: str, num_workers: int) -> tuple[float, float, float, int]
 def main(argv) -> None:
     del argv
     version = getattr(grain, "__version__", "?")
-    print(f"machine: {platform.machine()} {platform.processor()} {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, grain {version}")
+    print(f"machine: {machine.describe()}, grain {version}")
     with tempfile.TemporaryDirectory() as root:
         total = _write_synthetic(root, _NUM_PATIENTS.value, _MEAN_TOKENS.value)
         windows = loader.num_windows(root, "train", _SEQ_LEN.value)

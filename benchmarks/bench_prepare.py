@@ -11,14 +11,14 @@ events/cpu-s (user+system time of the child, all threads) is the steadier number
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
+
+import machine
 
 _SUBJECTS = flags.DEFINE_list("subjects", ["10000", "100000"], "Dataset sizes (subjects) to time.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/bench_prepare", "Cache of generated MEDS data and outputs.")
@@ -38,19 +38,6 @@ usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": seconds, "events": events, "tokens": tokens, "vocab_size": manifest["vocab_size"],
                   "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}))
 """
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def ensure_data(root: Path, num_subjects: int, seed: int) -> Path:
@@ -79,7 +66,7 @@ def main(argv: list[str]) -> None:
     del argv
     root = Path(_WORKDIR.value)
     root.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} (shared machine: numbers are noisy)")
+    print(f"machine: {machine.describe()} (shared machine: numbers are noisy)")
     for n in (int(s) for s in _SUBJECTS.value):
         meds_dir = ensure_data(root, n, _SEED.value)
         result = run_prepare(meds_dir, root / f"prepared-{n}")

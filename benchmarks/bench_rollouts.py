@@ -11,8 +11,6 @@ apart. Prints the machine (device kind, CPU count, load average): on a shared ma
 numbers are noisy, so compare runs made side by side.
 """
 
-import os
-import platform
 import time
 
 import jax
@@ -21,6 +19,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
+
+import machine
 
 from ehr_jax.evaluation import zero_shot
 from ehr_jax.evaluation.tasks import OutcomeRule
@@ -35,22 +35,10 @@ _ROLLOUTS = flags.DEFINE_integer("rollouts", 20, "Rollouts per case.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed batches after the compile.")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
+def machine_line() -> str:
     device = jax.devices()[0]
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
-    return (f"{device.platform}:{device.device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
-            f"load avg {load[0]:.1f}, {cpu_model()}, jax {jax.__version__}")
+    return (f"{device.platform}:{device.device_kind} x{jax.device_count()}, jax {jax.__version__}; "
+            f"{machine.describe()}")
 
 
 def bench_size(size: str) -> dict:
@@ -90,7 +78,7 @@ def bench_size(size: str) -> dict:
 
 def main(argv) -> None:
     del argv
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line()}")
     print(f"batch: {_CASES.value} cases x {_ROLLOUTS.value} rollouts = {_CASES.value * _ROLLOUTS.value} "
           f"sequences, prompt {_PROMPT.value}, {_NEW.value} new tokens, vocab {_VOCAB.value}")
     for size in _SIZES.value:

@@ -9,7 +9,6 @@ CPU number much less so.
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import tempfile
 import time
 
 from absl import app, flags
+
+import machine
 
 from ehr_jax.data import synthetic
 
@@ -43,8 +44,7 @@ def main(argv) -> None:
     if _CHILD.value:
         _child(_CHILD.value, _CHILD_OUT.value)
         return
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, python {platform.python_version()}")
+    print(f"machine: {machine.describe()}")
     for size in _SIZES.value:
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()[0]

@@ -18,7 +18,6 @@ benchmarks/train_throughput.py alternately for a few rounds (docs/PERFORMANCE.md
 
 import argparse
 import os
-import platform
 import time
 
 import sys
@@ -30,6 +29,8 @@ from torch import nn
 # ehr_jax.model.sizes is plain Python (no JAX): read the ladder from the checkout, not a copy.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ehr_jax.model import sizes  # noqa: E402
+
+import machine  # noqa: E402  (benchmarks/, this script's own folder)
 
 REF_11M = (384, 6, 64, 896)  # d_model, n_layers, head_dim, d_ff -> 11,309,952 params at V=2048
 
@@ -115,14 +116,9 @@ def flops_per_token(d: int, n_layers: int, head_dim: int, d_ff: int, vocab: int,
     return 3.0 * forward
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+def machine_line() -> str:
+    return (f"{machine.describe()}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def measure(name: str, args) -> dict:
@@ -164,7 +160,7 @@ def main() -> None:
     parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=2048)
     args = parser.parse_args()
-    print(machine())
+    print(machine_line())
     print(f"batch {args.batch} x seq {args.seq_len}, vocab {args.vocab}, float32, AdamW, eager")
     print(f"{'size':>9} {'params':>11} {'step ms':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'load':>5}")
     for name in args.sizes.split(","):

@@ -10,14 +10,15 @@ eager, to run alternately with this one (docs/PERFORMANCE.md, "Side by side").
 """
 
 import os
-import platform
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from ehr_jax import parallel
+import machine
+
+from ehr_jax import config_files, parallel
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import optim, trainer
 
@@ -30,15 +31,10 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per size (after 2 warm-u
 _DTYPE = flags.DEFINE_string("dtype", "auto", "Compute dtype: auto, float32, bfloat16.")
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+def machine_line() -> str:
     device = jax.devices()[0]
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores; jax {jax.__version__} on "
-            f"{jax.device_count()} x {device.device_kind} ({device.platform}); "
+    return (f"{machine.describe()}; jax {jax.__version__} on {jax.device_count()} x "
+            f"{device.device_kind} ({device.platform}); "
             f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
@@ -53,14 +49,8 @@ def _config(size_name: str):
 
 
 def trainer_config():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "configs", "base.py")
-    spec = importlib.util.spec_from_file_location("ehr_jax_bench_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
 
 
 def matmul_peak() -> float:
@@ -123,7 +113,7 @@ def measure(size_name: str, peak: float) -> dict:
 
 def main(argv) -> None:
     del argv
-    print(machine())
+    print(machine_line())
     peak = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
     print(f"peak: {peak / 1e9:.1f} GFLOP/s "
           f"({'table' if sizes._known_peak(jax.devices()[0].device_kind) else 'measured matmul'})")

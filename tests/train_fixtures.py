@@ -1,12 +1,12 @@
 """Tiny prepared datasets and configs for the trainer tests (no MEDS, no tokenizer fitting)."""
 
-import importlib.util
 import os
 import tempfile
 
 import ml_collections
 import numpy as np
 
+from ehr_jax import config_files
 from ehr_jax.data import shards
 
 COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "ehr_jax_test_compile_cache")
@@ -59,10 +59,7 @@ def write_prepared(out_dir: str, *, subjects: int = 24, seed: int = 0) -> str:
 
 
 def base_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("ehr_jax_test_base", os.path.join(REPO, "configs", "base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_files.load_sibling(os.path.join(REPO, "configs", "base.py"))
 
 
 def tiny_config(prepared_dir: str, *, steps: int = 12) -> ml_collections.ConfigDict:

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from absl import app, flags, logging
 
+from ehr_jax.data import shards
 from ehr_jax.data import synthetic_events as E
 from ehr_jax.data import synthetic_measure as M
 from ehr_jax.data.synthetic_timeline import sample_subjects, simulate
@@ -195,9 +196,7 @@ def _write_metadata(out_dir: Path, vocab, counts: np.ndarray, split: np.ndarray,
     pq.write_table(splits, out_dir / meds.subject_splits_filepath)
     metadata = {"dataset_name": DATASET_NAME, "dataset_version": f"seed={seed},subjects={len(split)}",
                 "etl_name": ETL_NAME, "etl_version": package_version(), "meds_version": meds.__version__}
-    tmp = out_dir / (meds.dataset_metadata_filepath + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=2))
-    os.replace(tmp, out_dir / meds.dataset_metadata_filepath)
+    shards.write_json_atomic(out_dir / meds.dataset_metadata_filepath, metadata)
 
 
 def _block_parts(seed: int, block: int, first: int, n: int, split: np.ndarray, code_strings: pa.Array,
