@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ehr_jax.data import tokenize
 from ehr_jax.evaluation.tasks import DIED_SUFFIXES, DISCHARGE, OutcomeRule
 
 GRACE_TOKENS = 8  # after a stopping token, tokens of the same timestamp that may still hold the outcome
-_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86_400, "w": 604_800,
-                 "mo": 2_629_746, "y": 31_556_952}
-_INTERVAL = re.compile(r"^TIME//(\d+(?:\.\d+)?)(s|min|mo|m|h|d|w|y)$")
 # Stop reasons per rollout.
 RUNNING, OUTCOME, STOPPED, HORIZON = 0, 1, 2, 3
 
@@ -49,13 +46,10 @@ class TokenRule:
 
 
 def interval_seconds(vocab: list[str]) -> np.ndarray:
-    """Durations of `TIME//<n><unit>` tokens (5m, 1h, 6mo, ...) in seconds; 0 elsewhere."""
-    seconds = np.zeros(len(vocab), np.float32)
-    for i, token in enumerate(vocab):
-        match = _INTERVAL.match(token)
-        if match:
-            seconds[i] = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return seconds
+    """Durations of the tokenizer's interval tokens (their lower edges, TIME//6mo = 180 days) in
+    seconds; 0 for every other token."""
+    edge_s = dict(zip(tokenize.INTERVAL_TOKENS, tokenize.INTERVAL_EDGES_S))
+    return np.array([edge_s.get(token, 0) for token in vocab], np.float32)
 
 
 def resolve_rule(rule: OutcomeRule, vocab: list[str]) -> TokenRule:
