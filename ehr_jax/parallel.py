@@ -150,6 +150,31 @@ def _cluster_detected(env) -> bool:
     return slurm or tpu_pod
 
 
+def _slurm_tasks_per_node(env) -> int:
+    """Tasks on this node: SLURM writes e.g. "8", "8(x2)" or "8,4" (we take the first)."""
+    for key in ("SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        value = env.get(key, "")
+        digits = value.split("(")[0].split(",")[0]
+        if digits.isdigit():
+            return int(digits)
+    return 1
+
+
+def local_device_ids(env) -> list[int] | None:
+    """The GPU ordinals this process owns, counted among the GPUs it can see; None: leave it to JAX.
+
+    jax.distributed's SLURM detection asks for ordinal SLURM_LOCALID, but srun (or
+    launch/slurm_gpu.sbatch) often narrows CUDA_VISIBLE_DEVICES to the task's one GPU, where
+    that ordinal does not exist for any rank >= 1 (jax-ml/jax issues 23452 and 29669).
+    """
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if not visible and "SLURM_LOCALID" not in env:
+        return None  # not a GPU job we can reason about (CPU, TPU): JAX decides
+    if _slurm_tasks_per_node(env) > 1 and len(visible) != 1:
+        return [int(env.get("SLURM_LOCALID", "0"))]  # several tasks sharing the node's GPUs
+    return list(range(len(visible))) if visible else None  # every GPU this process sees
+
+
 def initialize_distributed(auto_detect: bool | None = None) -> None:
     """Start jax.distributed when this is one of several processes, then log who we are.
 
@@ -162,6 +187,7 @@ def initialize_distributed(auto_detect: bool | None = None) -> None:
     mode = env.get("EHR_JAX_DISTRIBUTED", "").lower()
     if auto_detect is None:
         auto_detect = mode == "auto" or (mode != "off" and _cluster_detected(env))
+    local = {} if (ids := local_device_ids(env)) is None else {"local_device_ids": ids}
     if jax.distributed.is_initialized():
         pass
     elif all(env.get(k) for k in _EXPLICIT_ENV) and int(env["JAX_NUM_PROCESSES"]) > 1:
@@ -169,9 +195,10 @@ def initialize_distributed(auto_detect: bool | None = None) -> None:
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]),
             process_id=int(env["JAX_PROCESS_ID"]),
+            **local,
         )
     elif auto_detect:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**local)
     logging.info(
         "process %d of %d; %d local / %d global devices (%s)",
         jax.process_index(), jax.process_count(), jax.local_device_count(),

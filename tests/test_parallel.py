@@ -133,3 +133,43 @@ def test_initialize_distributed_only_with_several_processes(monkeypatch):
     monkeypatch.setenv("EHR_JAX_DISTRIBUTED", "off")
     parallel.initialize_distributed()
     assert calls == [{}]
+
+
+def _slurm_env(monkeypatch, **values):
+    for key in (*parallel._EXPLICIT_ENV, "EHR_JAX_DISTRIBUTED", "SLURM_NTASKS", "SLURM_STEP_ID",
+                "TPU_WORKER_HOSTNAMES", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE",
+                "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_slurm_local_rank_1_gets_a_gpu_ordinal_it_can_see(monkeypatch):
+    """Rank 1 of a node whose task sees only its own GPU must ask for ordinal 0, not 1."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    # launch/slurm_gpu.sbatch: explicit JAX_* variables, CUDA_VISIBLE_DEVICES narrowed to GPU 1.
+    _slurm_env(monkeypatch, JAX_COORDINATOR_ADDRESS="node-a:12355", JAX_NUM_PROCESSES="16",
+               JAX_PROCESS_ID="9", SLURM_NTASKS="16", SLURM_STEP_ID="0", SLURM_LOCALID="1",
+               SLURM_NTASKS_PER_NODE="8", CUDA_VISIBLE_DEVICES="1")
+    parallel.initialize_distributed()
+    assert calls == [dict(coordinator_address="node-a:12355", num_processes=16, process_id=9,
+                          local_device_ids=[0])]
+    # Plain srun, no narrowing: every task sees the node's GPUs and keeps its local rank's.
+    calls.clear()
+    _slurm_env(monkeypatch, SLURM_NTASKS="4", SLURM_STEP_ID="0", SLURM_LOCALID="1",
+               SLURM_STEP_TASKS_PER_NODE="2(x2)", CUDA_VISIBLE_DEVICES="0,1")
+    parallel.initialize_distributed()
+    assert calls == [dict(local_device_ids=[1])]
+    # One task per node: the process owns every GPU it sees (not GPU 0 alone).
+    calls.clear()
+    _slurm_env(monkeypatch, SLURM_NTASKS="2", SLURM_STEP_ID="0", SLURM_LOCALID="0",
+               SLURM_NTASKS_PER_NODE="1", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    parallel.initialize_distributed()
+    assert calls == [dict(local_device_ids=[0, 1, 2, 3])]
+
+
+def test_local_device_ids_left_to_jax_off_gpu():
+    assert parallel.local_device_ids({}) is None
+    assert parallel.local_device_ids({"TPU_WORKER_HOSTNAMES": "a,b"}) is None
