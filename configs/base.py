@@ -57,7 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.labels_dir = ""  # user label parquet root (TASK_ROOT/<task>/**.parquet); "" uses built-in tasks
     config.eval.num_rollouts = 20  # sampled futures per case (ETHOS zero-shot)
     config.eval.max_cases = 500  # held-out cases per task (0: all)
-    config.eval.max_new_tokens = 256  # rollout token cap
+    config.eval.max_new_tokens = 2048  # upper bound of the rollout token caps, which follow from
+    # each task's horizon (or a long stay) x the data's tokens per day; capped rollouts are censored
     config.eval.probe = True  # also fit a linear probe on the representation at prediction time
     config.eval.bootstrap = 1000  # bootstrap resamples (by subject) for 95% CIs
     return config

@@ -68,7 +68,9 @@ def _build(ds: meds.MedsDataset, out_dir: Path, settings: dict, hashes: dict) ->
                             "expected at least one to fit the vocabulary")
     rundir.write_json_atomic(out_dir / shards.VOCAB, {"tokens": tok.tokens})
     rundir.write_json_atomic(out_dir / tokenize.TOKENIZER_FILE, tok.to_json())
+    tokens_per_day = splits["train"].pop("tokens_per_day")
     manifest = {"vocab_size": len(tok.tokens), "settings": settings, **hashes,
+                "tokens_per_day": tokens_per_day,
                 "tokenizer_hash": tok.hash(), "tokenizer_version": tokenize.TOKENIZER_VERSION,
                 "meds_dir": str(ds.root), "layout": ds.layout, "provenance": meds.provenance(ds),
                 "ignored_files": len(ds.ignored_files), "splits": splits}
@@ -132,6 +134,7 @@ def _write_split(ds: meds.MedsDataset, tok: tokenize.Tokenizer, out_dir: Path, s
                  records_per_shard: int, fit_dropped: collections.Counter) -> dict:
     stats = {"num_subjects": 0, "num_tokens": 0, "num_events": 0, "num_unk_tokens": 0}
     dropped: collections.Counter = collections.Counter()
+    density = DayDensity()
 
     def records() -> Iterator[shards.PatientRecord]:
         for frame in meds.iter_split_frames(ds, split, dropped):
@@ -141,7 +144,10 @@ def _write_split(ds: meds.MedsDataset, tok: tokenize.Tokenizer, out_dir: Path, s
             stats["num_events"] += encoded.num_events
             stats["num_unk_tokens"] += int((encoded.tokens == tok.token_id[tokenize.UNK]).sum())
             dropped["rows_of_subjects_without_timed_events"] += encoded.dropped_rows
-            yield from encoded.records()
+            for record in encoded.records():
+                if split == "train":
+                    density.add(record)
+                yield record
 
     shard_entries = shards.write_split(records(), out_dir, split, records_per_shard)
     if split == "train":  # rows outside every split are only seen (and counted) on the fit pass
@@ -151,7 +157,50 @@ def _write_split(ds: meds.MedsDataset, tok: tokenize.Tokenizer, out_dir: Path, s
         logging.warning("%s split: dropped rows %s", split, dropped)
     logging.info("%s split: %d subjects, %d events, %d tokens in %d shards", split, stats["num_subjects"],
                  stats["num_events"], stats["num_tokens"], len(shard_entries))
-    return {**stats, "dropped": dropped, "shards": shard_entries}
+    extra = {"tokens_per_day": density.value()} if split == "train" else {}
+    return {**stats, "dropped": dropped, "shards": shard_entries, **extra}
+
+
+class DayDensity:
+    """Tokens per day where a timeline is busy: the token-weighted mean count of tokens on the
+    same (subject, UTC day) as a token, i.e. sum(n^2) / sum(n) over subject-days.
+
+    A plain mean over a timeline's calendar span (months between admissions) or over active
+    days (many quiet outpatient days) would be far below the density inside a hospital stay,
+    where rollouts spend their tokens; weighting by tokens measures the days the tokens are on.
+    Evaluation turns it into rollout token budgets (ehr_jax.evaluation.zero_shot.token_caps).
+    """
+
+    def __init__(self):
+        self.sum_n = 0
+        self.sum_n2 = 0
+
+    def add(self, record: shards.PatientRecord) -> None:
+        days = np.asarray(record.times[record.n_prefix:]) // 86_400
+        if days.size:
+            _, counts = np.unique(days, return_counts=True)
+            self.sum_n += int(counts.sum())
+            self.sum_n2 += int((counts.astype(np.int64) ** 2).sum())
+
+    def value(self) -> float:
+        return self.sum_n2 / self.sum_n if self.sum_n else 0.0
+
+
+def tokens_per_day(prepared_dir: str | os.PathLike, max_records: int = 20_000) -> float:
+    """The train split's DayDensity: from the manifest, or (prepared dirs made before it was
+    recorded) measured on up to max_records train records."""
+    manifest = shards.read_manifest(prepared_dir)
+    if manifest.get("tokens_per_day"):
+        return float(manifest["tokens_per_day"])
+    density, n_records = DayDensity(), 0
+    for record in shards.iter_records(prepared_dir, "train"):
+        if n_records == max_records:
+            break
+        density.add(record)
+        n_records += 1
+    logging.info("%s: no tokens_per_day in the manifest (prepared before it was recorded); "
+                 "measured %.1f on %d train records", prepared_dir, density.value(), n_records)
+    return density.value()
 
 
 def ensure_prepared(data: ml_collections.ConfigDict, workdir: str | os.PathLike,

@@ -27,13 +27,14 @@ from absl import logging
 from flax import nnx
 
 from ehr_jax import rundir
-from ehr_jax.data import meds, shards
+from ehr_jax.data import meds, prepare, shards
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.evaluation import metrics, probe, tasks, zero_shot
 from ehr_jax.model import transformer
 
 ROLLOUT_BATCH = 512  # sequences decoded together (cases x rollouts)
 SCORE_BATCH = 64  # prompts per forward pass for next-token and probe features
+CAPPED_SHARE_LIMIT = 0.2  # a task with more censored rollouts than this is flagged
 PREDICTION_SCHEMA = {"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"),
                      "boolean_value": pl.Boolean, "predicted_boolean_value": pl.Boolean,
                      "predicted_boolean_probability": pl.Float32}
@@ -84,9 +85,14 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str)
     vocab = shards.read_vocab(prepared_dir)
     model = restore_model(run_dir, config, len(vocab))
     splits = ("held_out", "train") if settings.probe else ("held_out",)
-    labels = collect_labels(settings, shards.read_manifest(prepared_dir), prepared_dir, splits)
+    dataset = open_meds(shards.read_manifest(prepared_dir), prepared_dir)
+    labels = collect_labels(settings, dataset, prepared_dir, splits)
     records = {split: _records_of(prepared_dir, split, labels) for split in splits}
-    predictors = Predictors(model, settings, window=int(config.data.seq_len))
+    budget = RolloutBudget(prepare.tokens_per_day(prepared_dir),
+                           tasks.long_stay_days(cached_stays(dataset, prepared_dir, "train")))
+    logging.info("evaluation: rollout budgets from %.0f tokens per day and a %.1f-day long stay "
+                 "(at most %d tokens)", budget.tokens_per_day, budget.stay_days, settings.max_new_tokens)
+    predictors = Predictors(model, settings, window=int(config.data.seq_len), budget=budget)
     results: dict = {}
     for task in settings.tasks:
         held = labels[task]["held_out"]
@@ -113,11 +119,21 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str)
     return results
 
 
+@dataclasses.dataclass(frozen=True)
+class RolloutBudget:
+    """What rollout token caps follow from (see zero_shot.token_caps): the train split's tokens
+    per busy day and the length of a long train stay in days (for tasks ending with the stay)."""
+
+    tokens_per_day: float
+    stay_days: float
+
+
 class Predictors:
     """The model's three ways to give a risk, each compiled once and reused across tasks."""
 
-    def __init__(self, model: nnx.Module, settings: EvalSettings, window: int):
+    def __init__(self, model: nnx.Module, settings: EvalSettings, window: int, budget: RolloutBudget):
         self.settings = settings
+        self.budget = budget
         cases_per_batch = max(1, ROLLOUT_BATCH // settings.num_rollouts)
         self.sampler = zero_shot.RolloutSampler(
             model, prompt_len=settings.prompt_len, max_new_tokens=settings.max_new_tokens,
@@ -139,16 +155,27 @@ class Predictors:
             token_rule = None
         if token_rule is not None:
             prompts, valid = zero_shot.left_pad(cases.prompts, self.settings.prompt_len)
+            caps = zero_shot.token_caps(cases.budget_days(rule, self.budget.stay_days),
+                                        self.budget.tokens_per_day, self.settings.max_new_tokens)
             t0 = time.perf_counter()
             rollouts = self.sampler.run(prompts, valid, cases.horizon_seconds(rule), token_rule,
-                                        seed=self.settings.seed)
+                                        seed=self.settings.seed, cap_C=caps)
             seconds = time.perf_counter() - t0
-            out["zero_shot"] = (rollouts.probability_C, {
-                "num_rollouts": self.settings.num_rollouts,
-                "mean_new_tokens": float(rollouts.new_tokens_CxR.mean()),
-                "token_cap_fraction": float((rollouts.reason_CxR == zero_shot.RUNNING).mean()),
-                "generated_tokens_per_s": float(rollouts.new_tokens_CxR.sum() / max(seconds, 1e-9))})
-            out["zero_shot_resolved"] = (rollouts.resolved_probability_C(), {})
+            capped = rollouts.capped_share
+            extra = {"num_rollouts": self.settings.num_rollouts,
+                     "mean_new_tokens": float(rollouts.new_tokens_CxR.mean()),
+                     "token_cap_median": int(np.median(caps)), "token_cap_max": int(caps.max()),
+                     "tokens_per_day": self.budget.tokens_per_day,
+                     "capped_share": capped, "capped_share_high": capped > CAPPED_SHARE_LIMIT,
+                     "rollout_s": seconds,
+                     "generated_tokens_per_s": float(rollouts.new_tokens_CxR.sum() / max(seconds, 1e-9))}
+            if capped > CAPPED_SHARE_LIMIT:
+                logging.warning("evaluation %s: %.0f%% of rollouts hit their token cap (censored; "
+                                "limit %.0f%%): raise config.eval.max_new_tokens (caps: median %d, "
+                                "max %d) for estimates that rest on more rollouts", task,
+                                100 * capped, 100 * CAPPED_SHARE_LIMIT, np.median(caps), caps.max())
+            out["zero_shot"] = (rollouts.probability_C, extra)
+            out["zero_shot_resolved"] = (rollouts.resolved_probability_C(), dict(extra))
             if zero_shot.supports_next_token(token_rule):
                 out["next_token"] = (self.scorer.run(prompts, valid, token_rule), {})
         if train_cases is not None:
@@ -197,14 +224,18 @@ def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: i
     return model
 
 
-def collect_labels(settings: EvalSettings, manifest: dict, prepared_dir: str,
-                   splits: tuple[str, ...]) -> dict[str, dict[str, pl.DataFrame]]:
-    """{task: {split: labels}}, at most max_cases per split, sampled with the run's seed."""
+def open_meds(manifest: dict, prepared_dir: str) -> meds.MedsDataset:
+    """The MEDS dataset the prepared dir was made from (labels and stays come from it)."""
     meds_dir = manifest.get("meds_dir", "")
     if not meds_dir or not os.path.isdir(meds_dir):
         raise DataError(f"{Path(prepared_dir) / shards.MANIFEST}: meds_dir {meds_dir!r} is not a "
                         "directory; evaluation reads the MEDS data the run was prepared from")
-    dataset = meds.open_dataset(meds_dir)
+    return meds.open_dataset(meds_dir)
+
+
+def collect_labels(settings: EvalSettings, dataset: meds.MedsDataset, prepared_dir: str,
+                   splits: tuple[str, ...]) -> dict[str, dict[str, pl.DataFrame]]:
+    """{task: {split: labels}}, at most max_cases per split, sampled with the run's seed."""
     out: dict[str, dict[str, pl.DataFrame]] = {}
     if settings.labels_dir:
         subject_splits = _subject_splits(dataset)

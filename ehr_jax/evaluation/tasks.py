@@ -37,6 +37,7 @@ SPLIT_NAMES = ("train", "tuning", "held_out")
 ADMISSION, DISCHARGE, ICU, DEATH = "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "ICU_ADMISSION", "MEDS_DEATH"
 DIED_SUFFIXES = ("DIED", "EXPIRED", "DEATH", "DEAD")  # discharge locations that mean death
 DAY_US = 86_400 * 1_000_000
+LONG_STAY_QUANTILE = 0.95  # rollouts of stay-bounded tasks get the time of a stay this long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +146,15 @@ def hospital_stays(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
     return stays.select("subject_id", "admit", "discharge", "death", "icu", "next_admit")
 
 
+def long_stay_days(stays: pl.DataFrame, quantile: float = LONG_STAY_QUANTILE) -> float:
+    """A long hospital stay in days: the quantile of stay lengths (train stays, so no label of an
+    evaluated case leaks into its budget). 7 days when there are no stays."""
+    if stays.height == 0:
+        return 7.0
+    days = (stays["discharge"] - stays["admit"]).dt.total_seconds().to_numpy() / 86_400
+    return float(np.quantile(days, quantile))
+
+
 def _died_suffix(code: pl.Expr) -> pl.Expr:
     upper = code.str.to_uppercase()
     return pl.any_horizontal([upper.str.contains(f"//{s}", literal=True) for s in DIED_SUFFIXES])
@@ -245,6 +255,13 @@ class Cases:
         if rule.horizon_anchor == "admission":
             anchor = np.where(self.last_admission_s >= 0, self.last_admission_s, anchor)
         return (anchor + rule.horizon_days * 86_400 - self.last_event_s).astype(np.float64)
+
+    def budget_days(self, rule: OutcomeRule, stay_days: float) -> np.ndarray:
+        """Days of future a rollout may need: the rest of the task's horizon, or for tasks that
+        end with the stay (no horizon) a long stay (`long_stay_days`)."""
+        if rule.horizon_days is None:
+            return np.full(len(self.prompts), float(stay_days))
+        return np.maximum(self.horizon_seconds(rule), 0.0) / 86_400
 
 
 def build_cases(labels: pl.DataFrame, records: Iterable, vocab: list[str], prompt_len: int) -> Cases:
