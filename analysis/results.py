@@ -3,7 +3,8 @@
 Each line is one run summary (see ARCHITECTURE: run_name, n_params, n_params_non_embedding,
 tokens_seen, flops, flops_6nd, val_loss, epochs_over_data, grid_point {budget, size, seed},
 optional seed, unique_tokens and evaluation). A line without a seed is seed 0 of a single-seed
-study; a line without unique_tokens takes its dataset's size from tokens_seen / epochs_over_data. Malformed input raises DataError naming the file and line; runs that
+study; a line without unique_tokens takes its dataset's size from tokens_seen / epochs_over_data.
+Malformed input raises DataError naming the file and line; runs that
 cannot enter a fit (failed, non-finite loss, repeated) are excluded and counted, not guessed at.
 """
 
