@@ -144,7 +144,7 @@ def write_report(s: study.Study, out_dir: str) -> list[str]:
 
 
 def main_report(results_path: str, out_dir: str, **analyze_kwargs) -> study.Study:
-    """Default analysis of a sweep's results into out_dir (what ehr_jax.sweep calls at the end)."""
+    """Default analysis of a sweep's results into out_dir (what ehr_jax.main calls after a sweep)."""
     s = study.analyze(results_path, **analyze_kwargs)
     write_report(s, out_dir)
     print(text_report(s), end="")
