@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 import polars as pl
 
-from ehr_jax.errors import DataError
+from ehr_jax.errors import ConfigError, DataError
 
 LABEL_COLUMNS = {"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"),
                  "boolean_value": pl.Boolean}
@@ -66,6 +66,50 @@ BUILTIN_RULES: dict[str, OutcomeRule] = {
     "readmission_30d": OutcomeRule(positive=(ADMISSION,), negative=(DEATH,), horizon_days=30.0),
 }
 BUILTIN_TASKS = tuple(BUILTIN_RULES)
+_RULE_FORMS = ("(task, built-in task name), e.g. ('inhospital_mortality', 'mortality'), or (task, "
+               "outcome prefixes, stopping prefixes, horizon days[, reaching the horizon is the "
+               "outcome]), e.g. ('death_30d', 'MEDS_DEATH', '', 30) with prefixes comma-separated "
+               "and horizon 0 for none")
+
+
+def parse_task_rules(entries) -> dict[str, OutcomeRule]:
+    """config.eval.task_rules -> {label task name: OutcomeRule}, so zero-shot and next-token run
+    on a user's tasks. Entries are tuples (see _RULE_FORMS) or a mapping {task: rest of the
+    tuple, or a built-in name}; ConfigError names what is wrong."""
+    if isinstance(entries, str):
+        raise ConfigError(f"config.eval.task_rules={entries!r}; expected a tuple of {_RULE_FORMS}")
+    if hasattr(entries, "items"):
+        entries = [(task, *((spec,) if isinstance(spec, str) else tuple(spec))) for task, spec in entries.items()]
+    rules = {}
+    for entry in entries or ():
+        entry = (entry,) if isinstance(entry, str) else tuple(entry)
+        if len(entry) == 2 and isinstance(entry[1], str):
+            task, name = entry
+            if name not in BUILTIN_RULES:
+                raise ConfigError(f"config.eval.task_rules: {task!r} maps to {name!r}, which is not a "
+                                  f"built-in rule; expected one of {BUILTIN_TASKS}")
+            rules[str(task)] = BUILTIN_RULES[name]
+        elif len(entry) in (4, 5):
+            task, positive, negative, horizon = entry[:4]
+            try:
+                horizon = float(horizon)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config.eval.task_rules: {task!r} has horizon {horizon!r}; expected "
+                                  "a number of days (0: none)") from None
+            rule = OutcomeRule(_prefixes(positive), _prefixes(negative), horizon if horizon > 0 else None,
+                               horizon_outcome=bool(entry[4]) if len(entry) == 5 else False)
+            if not rule.positive and not (rule.horizon_outcome and rule.horizon_days):
+                raise ConfigError(f"config.eval.task_rules: {task!r} has no outcome prefix and no "
+                                  "horizon that counts as the outcome; a rollout could never be positive")
+            rules[str(task)] = rule
+        else:
+            raise ConfigError(f"config.eval.task_rules: entry {entry!r}; expected {_RULE_FORMS}")
+    return rules
+
+
+def _prefixes(value) -> tuple[str, ...]:
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(p.strip() for p in parts if p.strip())
 
 
 def derive_labels(task: str, frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
@@ -210,7 +254,7 @@ def split_labels(labels: pl.DataFrame, subject_splits: pl.DataFrame) -> dict[str
     split-named folder (as ACES shards them) holding another split's subjects.
     """
     joined = labels.join(subject_splits.select("subject_id", pl.col("split").alias("_split")),
-                         on="subject_id", how="left")
+                         on="subject_id", how="left", maintain_order="left")
     source = joined["source"] if "source" in joined.columns else pl.Series([""] * joined.height)
     unknown = joined.filter(pl.col("_split").is_null())
     if unknown.height:
