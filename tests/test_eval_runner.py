@@ -39,8 +39,7 @@ def run_dir(tmp_path_factory):
     config.eval.bootstrap = 20
     manifest = prepare.prepare(config.data.meds_dir, config.data.prepared_dir, min_code_count=5)
     model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
-    plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    tx = optim.make_optimizer(config.train)
     from ehr_jax import parallel
 
     _, state, _ = trainer.init_state(model_cfg, tx, parallel.make_mesh(tuple(config.mesh.shape)), 0)

@@ -168,11 +168,10 @@ def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: i
     The checkpoint holds (model, optimizer) as the trainer built them, so the restore target
     is built the same way (shapes only: nothing is initialised).
     """
-    from ehr_jax.train import checkpoint, optim, trainer  # train sits below evaluation
+    from ehr_jax.train import checkpoint, optim  # train sits below evaluation
 
     model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
-    plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    tx = optim.make_optimizer(config.train)
 
     def create():
         model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(config.seed))
