@@ -56,10 +56,12 @@ def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
     return shape
 
 
-def make_mesh(shape: Sequence[int]) -> Mesh:
-    """A Mesh over all (global) devices with axes MESH_AXES, every axis Auto (pjit semantics)."""
-    shape = mesh_shape(shape, jax.device_count())
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A Mesh over `devices` (default: all global devices) with axes MESH_AXES, every axis Auto
+    (pjit semantics)."""
+    shape = mesh_shape(shape, jax.device_count() if devices is None else len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
 
 
 def _mesh_axes(entry) -> tuple[str, ...]:

@@ -14,6 +14,8 @@ from ehr_jax import synthetic
 from ehr_jax.errors import DataError
 from ehr_jax.evaluation import runner
 from ehr_jax.train import checkpoint, optim, trainer
+from ehr_jax import parallel
+from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
 from tests.train_fixtures import base_config
 
@@ -41,9 +43,7 @@ def run_dir(tmp_path_factory):
     model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
     plan = trainer.make_plan(config, model_cfg)
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    from ehr_jax import parallel
-
-    _, state, _ = trainer.init_state(model_cfg, tx, parallel.make_mesh(tuple(config.mesh.shape)), 0)
+    _, state, _ = model_init.init(model_cfg, parallel.make_mesh(tuple(config.mesh.shape)), 0, tx)
     saver = checkpoint.Checkpointer(root / "run" / "checkpoints", keep=1, use_async=False)
     saver.save(0, state, {}, {})
     saver.close()

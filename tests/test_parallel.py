@@ -12,7 +12,7 @@ from jax.sharding import AxisType
 from ehr_jax import parallel
 from ehr_jax.errors import ConfigError
 from ehr_jax.model import transformer as T
-from ehr_jax.train import trainer
+from ehr_jax.model import init as model_init
 
 VOCAB = 100  # even, so the tensor axis can split it
 
@@ -51,9 +51,9 @@ def test_bad_mesh_shape_is_a_config_error(shape):
 
 
 def _train_state(mesh, vocab=VOCAB):
-    """Model + optimizer state as the trainer initialises it, on `mesh`."""
+    """Model + optimizer state as the trainer initialises it (model/init.py), on `mesh`."""
     cfg = T.model_config(ml_collections.ConfigDict(dict(size="d64-l2")), vocab, 16)
-    _, state, _ = trainer.init_state(cfg, optax.adamw(1e-3), mesh, seed=0)
+    _, state, _ = model_init.init(cfg, mesh, 0, optax.adamw(1e-3))
     return state
 
 

@@ -26,10 +26,11 @@ import polars as pl
 from absl import logging
 from flax import nnx
 
-from ehr_jax import rundir
+from ehr_jax import parallel, rundir
 from ehr_jax.data import meds, shards
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.evaluation import metrics, probe, tasks, zero_shot
+from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
 
 ROLLOUT_BATCH = 512  # sequences decoded together (cases x rollouts)
@@ -173,14 +174,8 @@ def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: i
     model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
     plan = trainer.make_plan(config, model_cfg)
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-
-    def create():
-        model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(config.seed))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(create))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    one_device = parallel.make_mesh((1, 1, 1), jax.devices()[:1])
+    graphdef, abstract = model_init.abstract(model_cfg, one_device, tx)
     directory = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no checkpoints; train the run first (python -m ehr_jax.main)")
@@ -192,7 +187,7 @@ def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: i
         checkpointer.close()
     if restored is None:
         raise DataError(f"{directory}: no complete checkpoint; train the run first")
-    model, _ = nnx.merge(graphdef, restored.state)
+    model = nnx.merge(graphdef[0], restored.state[0])
     logging.info("evaluation: restored step %d of %s", restored.step, run_dir)
     return model
 
