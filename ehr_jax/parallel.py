@@ -12,9 +12,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import flax.core.spmd as core_spmd
 import jax
 from absl import logging
-import flax.core.spmd as core_spmd
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 

@@ -12,14 +12,14 @@ import sys
 import polars as pl
 import pytest
 
+from ehr_jax import parallel, synthetic
 from ehr_jax.data import prepare, shards
-from ehr_jax import synthetic
 from ehr_jax.errors import DataError
 from ehr_jax.evaluation import runner
-from ehr_jax.train import checkpoint, optim, trainer
-from ehr_jax import parallel
 from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
+from ehr_jax.train import checkpoint, optim, trainer
+
 from tests import train_fixtures
 from tests.train_fixtures import base_config
 

@@ -11,8 +11,8 @@ from jax.sharding import AxisType
 
 from ehr_jax import parallel
 from ehr_jax.errors import ConfigError
-from ehr_jax.model import transformer as T
 from ehr_jax.model import init as model_init
+from ehr_jax.model import transformer as T
 
 VOCAB = 100  # even, so the tensor axis can split it
 
