@@ -29,7 +29,8 @@ def _ci(est) -> str:
 
 def _noise_text(p: isoflop.Profile) -> str:
     sizes = p.sizes
-    seeds = f"{sizes.seeds.min()}" if sizes.seeds.min() == sizes.seeds.max() else f"{sizes.seeds.min()}-{sizes.seeds.max()}"
+    low, high = sizes.seeds.min(), sizes.seeds.max()
+    seeds = f"{low}" if low == high else f"{low}-{high}"
     if sizes.noise_model == "residual":
         return f"{seeds} seed(s)/size, residual noise"
     return f"{seeds} seeds/size, SE {sizes.se.min():.2g}-{sizes.se.max():.2g}"
@@ -51,6 +52,10 @@ def _isoflop_lines(s: study.Study, iso: isoflop.IsoflopFit) -> list[str]:
         state = "interior" if p.interior else "EXCLUDED: " + p.note
         lines.append(f"  C={p.budget:.3g}: {len(p.n)} runs ({_noise_text(p)}), N_opt {_ci(p.n_opt)}, "
                      f"D_opt {_ci(p.d_opt)}, L {_ci(p.loss_opt)} ({state})")
+        if p.sizes.noise_model == "seed_spread":
+            lines.append("    per size N: seeds, mean loss +- SE: " + "; ".join(
+                f"{n:.3g}: {k}, {m:.4g} +- {se:.2g}" for n, k, m, se in
+                zip(p.sizes.n, p.sizes.seeds, p.sizes.mean, p.sizes.se)))
     lines.append(_bootstrap_line(iso))
     if iso.n_opt is not None:
         lines += [f"  N_opt = k C^a: a = {_ci(iso.n_opt.exponent_ci)}, k = {_ci(iso.n_opt.k)}",
@@ -76,7 +81,8 @@ def _constrained_lines(s: study.Study) -> list[str]:
                      "had every token been new):")
     for plan in s.constrained_plans:
         lines.append(f"  U={plan.unique_tokens:.3g}, C={plan.budget:.3g}: N {_ci(plan.n_opt)}, D {_ci(plan.d_opt)}, "
-                     f"epochs {_ci(plan.epochs)}, loss {_ci(plan.loss)} (unlimited data {_ci(plan.loss_unconstrained)})")
+                     f"epochs {_ci(plan.epochs)}, loss {_ci(plan.loss)} "
+                     f"(unlimited data {_ci(plan.loss_unconstrained)})")
     return lines
 
 

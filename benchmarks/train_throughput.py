@@ -16,11 +16,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
-import machine
-
 from ehr_jax import config_files, parallel
+from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import optim, trainer
+
+import machine
 
 _SIZES = flags.DEFINE_list("sizes", ["d64-l2", "d128-l4", "d256-l6", "d320-l6"],
                            "Ladder names to measure (those that fit the machine).")
@@ -79,7 +80,7 @@ def measure(size_name: str, peak: float) -> dict:
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
     tx = optim.make_optimizer(config.train)
-    graphdef, state, state_sharding = trainer.init_state(model_cfg, tx, mesh, seed=0)
+    graphdef, state, state_sharding = model_init.init(model_cfg, mesh, 0, tx)
     batch_sharding = parallel.batch_sharding(mesh)
     schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
     train_step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)

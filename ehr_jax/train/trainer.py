@@ -27,8 +27,10 @@ from ehr_jax import parallel, rundir
 from ehr_jax.data import loader as data_loader
 from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
+from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import checkpoint, metrics, optim
+from ehr_jax.train.profiler import StepProfiler
 
 Batch = dict[str, np.ndarray]
 
@@ -118,8 +120,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     chrono = metrics.Chrono(plan.steps, plan.tokens_per_step,
                             plan.tokens_per_step * plan.flops_per_token, peak_total)
     writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
+    profiler = StepProfiler(workdir, config.train.profile_steps, enabled=is_writer)
     loop = TrainLoop(plan, config.train, train_step, eval_step, loader, val_batches,
-                     batch_sharding, checkpointer, writer, chrono, meta)
+                     batch_sharding, checkpointer, writer, chrono, meta, profiler)
     try:
         # Steps trace under the mesh so the model's activation constraints apply.
         with jax.set_mesh(mesh):
@@ -175,11 +178,11 @@ class Programs:
     compilation cache then shares them across processes too.
     """
 
-    graphdef: nnx.GraphDef
+    graphdef: tuple[nnx.GraphDef, nnx.GraphDef]
     state_sharding: Any
     batch_sharding: Any
     replicated: Any
-    init: Callable  # seed -> state (model + optimizer), initialised in its shardings
+    init: Callable  # seed -> (model, optimizer) state, initialised in its shardings
     train_step: Callable  # (state, batch, schedule_inputs) -> (state, metrics); state donated
     eval_step: Callable  # (state, batch) -> per-position masked losses
 
@@ -190,7 +193,7 @@ def compiled_programs(model_cfg: transformer.ModelConfig, mesh: jax.sharding.Mes
     """The Programs of a shape; settings: optim.static_settings (what shapes the step)."""
     static = dict(settings)
     tx = optim.make_optimizer(ml_collections.ConfigDict(static))
-    graphdef, state_sharding, init = make_init(model_cfg, tx, mesh)
+    graphdef, state_sharding, init = model_init.make_init(model_cfg, mesh, tx)
     batch_sharding = parallel.batch_sharding(mesh)
     shape = (f"{model_cfg.size_name} (batch {global_batch_size} x {model_cfg.seq_len}, "
              f"{model_cfg.dtype}, {static['schedule']} schedule, {mesh.size} devices)")
@@ -210,40 +213,16 @@ class _LogFirstCall:
     def __init__(self, fn: Callable, what: str):
         self.fn, self.what, self.called = fn, what, False
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args):
         if self.called:
-            return self.fn(*args, **kwargs)
+            return self.fn(*args)
         logging.info("compiling %s", self.what)
         start = time.perf_counter()
-        out = jax.block_until_ready(self.fn(*args, **kwargs))
+        out = jax.block_until_ready(self.fn(*args))
         self.called = True
         logging.info("compiled %s in %.1f s (with its first call; the persistent cache may have "
                      "served it)", self.what, time.perf_counter() - start)
         return out
-
-
-def make_init(model_cfg: transformer.ModelConfig, tx: optax.GradientTransformation,
-              mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, Any, Callable]:
-    """(graphdef, state shardings, init): init(seed) builds model + optimizer state in place.
-
-    Initialising under jit with out_shardings means no host ever holds the whole model; the
-    seed is an input, so runs with different seeds share the program.
-    """
-    def create(seed):
-        model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(jax.random.key(seed)))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: create(0)))
-    state_sharding = parallel.state_shardings(abstract_state, mesh)
-    init = jax.jit(lambda seed: nnx.split(create(seed))[1], out_shardings=state_sharding)
-    return graphdef, state_sharding, lambda seed: init(np.int32(seed))
-
-
-def init_state(model_cfg: transformer.ModelConfig, tx: optax.GradientTransformation,
-               mesh: jax.sharding.Mesh, seed: int) -> tuple[nnx.GraphDef, nnx.State, Any]:
-    """(graphdef, state, state shardings) of model + optimizer, initialised in place."""
-    graphdef, state_sharding, init = make_init(model_cfg, tx, mesh)
-    return graphdef, init(seed), state_sharding
 
 
 def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
@@ -254,15 +233,17 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return losses_BxL * mask_BxL
 
 
-def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any,
-                    schedule_kind: str, cooldown_shape: str = "linear") -> Callable:
-    """jit'd (state, batch, schedule_inputs) -> (state, metrics); the state is donated.
+def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                    batch_sharding: Any, schedule_kind: str,
+                    cooldown_shape: str = "linear") -> Callable:
+    """jit'd (state, batch, schedule_inputs) -> (state, metrics); the state (model, optimizer)
+    is donated (updated in place).
 
     The learning rate is computed inside from the optimizer's step and the schedule's numbers
     (optim.Schedule.inputs), so the compiled step does not depend on a run's length or peak.
     """
     def train_step(state, batch, schedule_inputs):
-        model, optimizer = nnx.merge(graphdef, state)
+        model, optimizer = map(nnx.merge, graphdef, state)
 
         def loss_fn(model):
             logits_BxLxV = model(batch["tokens"])
@@ -276,17 +257,18 @@ def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding:
         optimizer.update(model, grads, learning_rate=lr)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
                         "target_tokens": n_targets}
-        return nnx.state((model, optimizer)), step_metrics
+        return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
     return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, replicated),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any) -> Callable:
+def make_eval_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                   batch_sharding: Any) -> Callable:
     """jit'd (state, batch) -> per-position masked losses, replicated to every process."""
     def eval_step(state, batch):
-        model, _ = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdef[0], state[0])
         return masked_token_losses(model(batch["tokens"]), batch["targets"], batch["mask"])
 
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
@@ -326,8 +308,9 @@ class TrainLoop:
     def __init__(self, plan: Plan, train_cfg: ml_collections.ConfigDict, train_step: Callable,
                  eval_step: Callable, loader: Any, val_batches: list[Batch], batch_sharding: Any,
                  checkpointer: checkpoint.Checkpointer, writer: metrics.MetricsWriter,
-                 chrono: metrics.Chrono, meta: dict):
+                 chrono: metrics.Chrono, meta: dict, profiler: StepProfiler):
         self.plan, self.cfg = plan, train_cfg
+        self.profiler = profiler
         self.train_step, self.eval_step = train_step, eval_step
         self.loader, self.val_batches, self.batch_sharding = loader, val_batches, batch_sharding
         self.checkpointer, self.writer, self.chrono = checkpointer, writer, chrono
@@ -339,11 +322,19 @@ class TrainLoop:
         self.val_loss = meta.get("val_loss")
 
     def run(self, state: Any, start_step: int) -> Any:
+        try:
+            return self._run(state, start_step)
+        finally:
+            self.profiler.stop()
+
+    def _run(self, state: Any, start_step: int) -> Any:
         pending = None  # (steps done, device metrics) of the step in flight
         for step in range(start_step, self.plan.steps):
             batch = local_batch_to_global(next(self.loader), self.batch_sharding,
                                           self.plan.global_batch_size)
+            self.profiler.before_step(step)
             state, step_metrics = self.train_step(state, batch)
+            self.profiler.after_step(step, step_metrics)
             if pending is not None:
                 self.record(*pending)
             pending = (step + 1, step_metrics)
