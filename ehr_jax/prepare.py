@@ -1,6 +1,7 @@
 """MEDS dataset -> prepared dir (ArrayRecord shards per split, manifest.json, vocab.json).
 
     python -m ehr_jax.prepare --meds_dir=DIR --out_dir=DIR
+    python -m ehr_jax.prepare --meds_dir=URL --out_dir=URL --engine=beam -- --runner=... (beam extra)
 
 Streams: one pass over the train files fits the tokenizer, then every split is encoded batch by
 batch (about meds.BATCH_ROWS rows of whole subjects), so memory does not grow with the dataset.
@@ -241,16 +242,28 @@ def _define_flags() -> None:
     flags.DEFINE_integer("min_code_count", 10, "Tokens seen fewer times in train become [UNK].")
     flags.DEFINE_integer("num_quantiles", 10, "Value bins per numeric code.")
     flags.DEFINE_integer("records_per_shard", 2000, "Patients per ArrayRecord shard.")
+    flags.DEFINE_enum("engine", "local", ["local", "beam"],
+                      "local: this process; beam: an Apache Beam job (pipeline options after `--`).")
 
 
 def main(argv: list[str]) -> None:
-    del argv
     f = flags.FLAGS
     if not f.meds_dir or not f.out_dir:
-        sys.exit("usage: python -m ehr_jax.prepare --meds_dir=DIR --out_dir=DIR")
+        sys.exit("usage: python -m ehr_jax.prepare --meds_dir=DIR --out_dir=DIR [--engine=beam -- BEAM_OPTIONS]")
+    settings = dict(min_code_count=f.min_code_count, num_quantiles=f.num_quantiles,
+                    records_per_shard=f.records_per_shard)
     try:
-        manifest = prepare(f.meds_dir, f.out_dir, min_code_count=f.min_code_count,
-                           num_quantiles=f.num_quantiles, records_per_shard=f.records_per_shard)
+        if f.engine == "local":
+            if argv[1:]:
+                raise ConfigError(f"arguments {argv[1:]}: pipeline options need --engine=beam")
+            manifest = prepare(f.meds_dir, f.out_dir, **settings)
+        else:
+            try:
+                from ehr_jax.data import beam_prepare
+            except ImportError as e:
+                raise ConfigError(f"--engine=beam needs Apache Beam ({e}); pip install -e '.[beam]'") from None
+            manifest = beam_prepare.prepare(f.meds_dir, f.out_dir, **settings,
+                                            pipeline_args=argv[1:] or beam_prepare.DEFAULT_ARGS)
     except EhrJaxError as e:
         sys.exit(f"error: {e}")
     print(json.dumps({s: {k: v for k, v in m.items() if k != "shards"} for s, m in manifest["splits"].items()},

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -116,6 +117,16 @@ def _run_job(ds: meds.MedsDataset, out: "_Out", settings: dict, pipeline_args: l
     splits_path = f"{ds.root}/metadata/subject_splits.parquet" if ds.subject_splits is not None else None
     read = _ReadSpec(splits_path, ds.layout)
     files = [(split, i, str(path)) for split in meds.SPLITS for i, path in enumerate(ds.files[split])]
+    try:
+        _pipeline(files, read, out, settings, pipeline_args)
+    except Exception as e:  # a worker's DataError reaches the driver inside the runner's error text
+        found = re.search(r"ehr_jax\.errors\.(?:DataError|ConfigError): (.*?)(?: \[while running|$)", str(e), re.M)
+        if found is None:
+            raise
+        raise DataError(found.group(1)) from e
+
+
+def _pipeline(files: list[tuple], read: "_ReadSpec", out: "_Out", settings: dict, pipeline_args: list[str]) -> None:
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as p:
         tokenizer = (p | "TrainFiles" >> beam.Create([f for f in files if f[0] == "train"])
                      | "FitFile" >> beam.ParDo(_FitFile(read))
