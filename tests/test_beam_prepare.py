@@ -16,7 +16,7 @@ from meds_fixtures import frame, patient, small_dataset  # noqa: E402
 
 pytest.importorskip("apache_beam", reason="the Beam engine needs the beam extra: pip install -e '.[beam]'")
 
-from ehr_jax import prepare as prep  # noqa: E402
+from ehr_jax.data import prepare as prep  # noqa: E402
 from ehr_jax.data import beam_prepare, shards, vocab  # noqa: E402
 from ehr_jax.errors import DataError  # noqa: E402
 
@@ -80,7 +80,7 @@ def test_beam_matches_local_on_a_meds_testing_helpers_dataset(generated_sample_M
 def test_beam_cli_refuses_a_subject_in_two_files_without_traceback(tmp_path):
     root = small_dataset(tmp_path / "meds")
     frame(patient(1, [(0, "A", None)])).write_parquet(root / "data/train/1.parquet")  # subject 1 is in 0.parquet too
-    cmd = [sys.executable, "-m", "ehr_jax.prepare", f"--meds_dir={root}", f"--out_dir={tmp_path / 'beam'}",
+    cmd = [sys.executable, "-m", "ehr_jax.data.prepare", f"--meds_dir={root}", f"--out_dir={tmp_path / 'beam'}",
            "--engine=beam", "--", *TWO_WORKERS]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert done.returncode != 0 and "error:" in done.stderr and "more than one file" in done.stderr
@@ -92,3 +92,25 @@ def test_beam_reports_a_worker_data_error(tmp_path):
     frame(patient(77, [(60, "A", None), (0, "B", None)])).write_parquet(root / "data/train/1.parquet")
     with pytest.raises(DataError, match=r"train/1.parquet: column 'time' is not sorted"):
         beam_prepare.prepare(str(root), str(tmp_path / "beam"), **SETTINGS, pipeline_args=TWO_WORKERS)
+
+
+def test_beam_synthetic_generator_writes_the_local_rows(tmp_path):
+    """Same seed and size: the same rows in the same order, cut into per-group files."""
+    import polars as pl
+    from ehr_jax import synthetic
+    from ehr_jax.synthetic import beam as synthetic_beam
+
+    local = synthetic.generate(tmp_path / "local", 700, seed=3)
+    counts = synthetic_beam.generate_beam(str(tmp_path / "beam"), 700, seed=3, subjects_per_shard=500,
+                                          pipeline_args=TWO_WORKERS)
+    assert counts["events"] == local["events"] and counts["codes"] == local["codes"]
+    for split in shards.SPLITS:
+        files = {root: sorted((tmp_path / root / "data" / split).glob("*.parquet"), key=lambda p: int(p.stem))
+                 for root in ("local", "beam")}
+        assert len(files["beam"]) == 2 and counts["splits"][split]["subjects"] == local["splits"][split]["subjects"]
+        rows = {root: pl.concat([pl.read_parquet(f) for f in paths]) for root, paths in files.items()}
+        assert rows["local"].equals(rows["beam"])
+    for name in ("metadata/codes.parquet", "metadata/subject_splits.parquet"):
+        assert pl.read_parquet(tmp_path / "local" / name).equals(pl.read_parquet(tmp_path / "beam" / name))
+    assert (tmp_path / "local/metadata/dataset.json").read_text() == (tmp_path / "beam/metadata/dataset.json").read_text()
+    assert not (tmp_path / "beam" / "_beam_job").exists()

@@ -1,6 +1,6 @@
 """The prepare stage as one Apache Beam job: the local tokenizer and layout at cluster scale.
 
-    python -m ehr_jax.prepare --meds_dir=gs://b/meds --out_dir=gs://b/prepared --engine=beam -- \
+    python -m ehr_jax.data.prepare --meds_dir=gs://b/meds --out_dir=gs://b/prepared --engine=beam -- \
         --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp --setup_file=./setup.py
 
 Needs the `beam` extra (`pip install -e ".[beam]"`); nothing else imports this module. The job:
@@ -42,7 +42,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from ehr_jax import prepare as prep
+from ehr_jax.data import prepare as prep
 from ehr_jax.data import meds, shards, tokenize, vocab
 from ehr_jax.errors import DataError, EhrJaxError
 
