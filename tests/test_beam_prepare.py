@@ -17,7 +17,7 @@ from meds_fixtures import frame, patient, small_dataset  # noqa: E402
 pytest.importorskip("apache_beam", reason="the Beam engine needs the beam extra: pip install -e '.[beam]'")
 
 from ehr_jax.data import prepare as prep  # noqa: E402
-from ehr_jax.data import beam_prepare, shards, vocab  # noqa: E402
+from ehr_jax.data import beam_prepare, loader, shards, vocab  # noqa: E402
 from ehr_jax.errors import DataError  # noqa: E402
 
 SETTINGS = dict(min_code_count=2, num_quantiles=4, records_per_shard=3)
@@ -52,6 +52,13 @@ def _assert_same_output(local: Path, beam: Path) -> None:
     for split in shards.SPLITS:
         np.testing.assert_array_equal(shards.read_index(local, split), shards.read_index(beam, split))
         assert _records(local, split) == _records(beam, split)  # same records, same order
+    # so training reads the same batches from either dir
+    loaders = [loader.train_loader(d, seq_len=16, global_batch_size=4, seed=1) for d in (local, beam)]
+    for _, a_batch, b_batch in zip(range(6), *loaders):
+        for key in a_batch:
+            np.testing.assert_array_equal(a_batch[key], b_batch[key])
+    for each in loaders:
+        each.close()
 
 
 def test_beam_matches_local_even_when_every_bundle_runs_twice(tmp_path):
@@ -114,3 +121,14 @@ def test_beam_synthetic_generator_writes_the_local_rows(tmp_path):
         assert pl.read_parquet(tmp_path / "local" / name).equals(pl.read_parquet(tmp_path / "beam" / name))
     assert (tmp_path / "local/metadata/dataset.json").read_text() == (tmp_path / "beam/metadata/dataset.json").read_text()
     assert not (tmp_path / "beam" / "_beam_job").exists()
+
+
+def test_beam_checks_split_folders_against_the_split_table(tmp_path):
+    import polars as pl
+
+    root = small_dataset(tmp_path / "meds")
+    table = pl.read_parquet(root / "metadata/subject_splits.parquet")
+    table.with_columns(split=pl.when(pl.col("subject_id") == 1).then(pl.lit("held_out")).otherwise("split")).write_parquet(
+        root / "metadata/subject_splits.parquet")
+    with pytest.raises(DataError, match="1 subjects are under one data/<split>/ folder but"):
+        beam_prepare.prepare(str(root), str(tmp_path / "beam"), **SETTINGS, pipeline_args=TWO_WORKERS)

@@ -7,7 +7,8 @@ Needs the `beam` extra (`pip install -e ".[beam]"`); nothing else imports this m
 
     train files --(vocab.FitStats per file)--> CombineGlobally (exact merge) --> tokenizer
     every (split, file) --Reshuffle--> encode with the tokenizer (side input) --> shards + summary
-    subject ids of every file --> Count.PerElement --> subjects in two files (an error)
+    (subject, split) of every file, and of subject_splits.parquet --> CoGroupByKey --> subjects in
+        two files or under another split's folder than the split table says (errors)
 
 The fit is vocab.FitStats (counts plus the per-code bottom-k sample by row hash), whose merge is
 order-free, so the vocabulary and quantile edges equal the local engine's exactly, and records
@@ -37,6 +38,8 @@ from typing import Iterator
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from absl import logging
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -49,7 +52,8 @@ from ehr_jax.errors import DataError, EhrJaxError
 TMP_DIR = "_beam_tmp"  # under out_dir: per-file index parts and the job's summaries, removed at the end
 DEFAULT_ARGS = ("--runner=DirectRunner", "--direct_running_mode=multi_processing",
                 f"--direct_num_workers={os.cpu_count() or 1}")
-_SPLITS_CACHE: dict = {}  # subject_splits.parquet per worker process (read once, not once per file)
+_SPLITS_CACHE: dict = {}  # flat layout: subject_splits.parquet per worker process (read once, not per file)
+_PROBLEMS = ("subjects_in_two_files", "subjects_in_another_split", "subjects_listed_twice")
 
 
 def prepare(meds_dir: str, out_dir: str, *, min_code_count: int = 10, num_quantiles: int = 10,
@@ -88,17 +92,16 @@ def open_dataset(root: str) -> meds.MedsDataset:
     metadata_path = f"{root}/metadata/dataset.json"
     metadata = (meds.parse_dataset_json(metadata_path, _read_bytes(metadata_path))
                 if FileSystems.exists(metadata_path) else {})
-    splits_path = f"{root}/metadata/subject_splits.parquet"
-    subject_splits = _subject_splits(splits_path) if FileSystems.exists(splits_path) else None
+    has_splits = FileSystems.exists(f"{root}/metadata/subject_splits.parquet")
     if any(p.split("/")[0] in meds.SPLITS for p in relative):
         files = {s: [f"{root}/data/{p}" for p in relative if p.split("/")[0] == s] for s in meds.SPLITS}
         ignored = [f"{root}/data/{p}" for p in relative if p.split("/")[0] not in meds.SPLITS]
-        return meds.MedsDataset(root, metadata, files, subject_splits, "split_dirs", ignored)
-    if subject_splits is None:
+        return meds.MedsDataset(root, metadata, files, None, "split_dirs", ignored)
+    if not has_splits:
         raise DataError(f"{root}: no split information; expected data/{{train,tuning,held_out}}/ "
                         "folders or metadata/subject_splits.parquet")
     flat = [f"{root}/data/{p}" for p in relative]
-    return meds.MedsDataset(root, metadata, {s: flat for s in meds.SPLITS}, subject_splits, "flat")
+    return meds.MedsDataset(root, metadata, {s: flat for s in meds.SPLITS}, None, "flat")
 
 
 def _fingerprint(ds: meds.MedsDataset) -> str:
@@ -114,11 +117,15 @@ def _fingerprint(ds: meds.MedsDataset) -> str:
 
 
 def _run_job(ds: meds.MedsDataset, out: "_Out", settings: dict, pipeline_args: list[str]) -> None:
-    splits_path = f"{ds.root}/metadata/subject_splits.parquet" if ds.subject_splits is not None else None
-    read = _ReadSpec(splits_path, ds.layout)
+    splits_path = f"{ds.root}/metadata/subject_splits.parquet"
+    splits_path = splits_path if FileSystems.exists(splits_path) else None
+    # Workers hold the split table only where they need it to pick rows (flat layout); the
+    # split-folder layout checks it against the folders as a pipeline step instead.
+    read = _ReadSpec(splits_path if ds.layout == "flat" else None, ds.layout)
+    table = splits_path if ds.layout == "split_dirs" else None
     files = [(split, i, str(path)) for split in meds.SPLITS for i, path in enumerate(ds.files[split])]
     try:
-        _pipeline(files, read, out, settings, pipeline_args)
+        _pipeline(files, read, table, out, settings, pipeline_args)
     except Exception as e:  # a worker's DataError reaches the driver inside the runner's error text
         found = re.search(r"ehr_jax\.errors\.(?:DataError|ConfigError): (.*?)(?: \[while running|$)", str(e), re.M)
         if found is None:
@@ -126,7 +133,8 @@ def _run_job(ds: meds.MedsDataset, out: "_Out", settings: dict, pipeline_args: l
         raise DataError(found.group(1)) from e
 
 
-def _pipeline(files: list[tuple], read: "_ReadSpec", out: "_Out", settings: dict, pipeline_args: list[str]) -> None:
+def _pipeline(files: list[tuple], read: "_ReadSpec", table: str | None, out: "_Out", settings: dict,
+              pipeline_args: list[str]) -> None:
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as p:
         tokenizer = (p | "TrainFiles" >> beam.Create([f for f in files if f[0] == "train"])
                      | "FitFile" >> beam.ParDo(_FitFile(read))
@@ -135,12 +143,35 @@ def _pipeline(files: list[tuple], read: "_ReadSpec", out: "_Out", settings: dict
         encoded = (p | "Files" >> beam.Create(files) | beam.Reshuffle()
                    | "Encode" >> beam.ParDo(_EncodeFile(read, out.root, settings["records_per_shard"]),
                                             beam.pvalue.AsSingleton(tokenizer)).with_outputs("subjects", main="summary"))
-        duplicates = (encoded.subjects | beam.combiners.Count.PerElement()
-                      | beam.Filter(lambda kv: kv[1] > 1) | beam.combiners.Count.Globally())
+        listed = (p | "SplitTable" >> beam.Create([table] if table else []) | beam.FlatMap(_split_table_rows))
+        problems = ({"data": encoded.subjects, "table": listed} | beam.CoGroupByKey()
+                    | beam.Map(_subject_problems) | "Problems" >> beam.CombineGlobally(_add_problems))
         lines = (encoded.summary,
                  tokenizer | "TokJson" >> beam.Map(lambda t: json.dumps({"tokenizer": t})),
-                 duplicates | "DupJson" >> beam.Map(lambda n: json.dumps({"duplicate_subjects": n})))
+                 problems | "ProblemsJson" >> beam.Map(lambda n: json.dumps({"problems": n})))
         _ = lines | beam.Flatten() | beam.io.WriteToText(out.path(TMP_DIR, "summary"), file_name_suffix=".jsonl")
+
+
+def _split_table_rows(path: str) -> Iterator[tuple[int, str]]:
+    """(subject_id, split) of every row of subject_splits.parquet, streamed in batches."""
+    with _open(path) as source:
+        parquet = pq.ParquetFile(source)
+        if not {"subject_id", "split"} <= set(parquet.schema_arrow.names):
+            raise DataError(f"{path}: missing column 'subject_id' or 'split'; expected subject_id int64, split string")
+        for batch in parquet.iter_batches(columns=["subject_id", "split"]):
+            yield from zip(batch.column(0).to_pylist(), batch.column(1).cast(pa.string()).to_pylist())
+
+
+def _subject_problems(item) -> tuple[int, int, int]:
+    """One subject's (in two files, under another split's folder, listed twice in the table)."""
+    _, found = item
+    data, table = list(found["data"]), list(found["table"])
+    return (int(len(data) > 1), int(bool(table) and any(split != table[0] for split in data)),
+            int(len(table) > 1))
+
+
+def _add_problems(counts) -> tuple[int, ...]:
+    return tuple(sum(column) for column in zip((0,) * len(_PROBLEMS), *counts))
 
 
 class _ReadSpec:
@@ -231,23 +262,29 @@ class _EncodeFile(beam.DoFn):
                           "shards": entries})
         for ids in subjects:
             for subject in ids.tolist():
-                yield beam.pvalue.TaggedOutput("subjects", subject)
+                yield beam.pvalue.TaggedOutput("subjects", (subject, split))
 
 
 def _finish(ds: meds.MedsDataset, out: "_Out", settings: dict, hashes: dict) -> dict:
     """Joins the job's per-file outputs into the prepared layout; the manifest is written last."""
-    tokenizer_json, duplicates, files = None, 0, collections.defaultdict(list)
+    tokenizer_json, problems, files = None, {}, collections.defaultdict(list)
     for line in out.read_lines(TMP_DIR, "summary"):
         obj = json.loads(line)
         if "tokenizer" in obj:
             tokenizer_json = obj["tokenizer"]
-        elif "duplicate_subjects" in obj:
-            duplicates = obj["duplicate_subjects"]
+        elif "problems" in obj:
+            problems = dict(zip(_PROBLEMS, obj["problems"]))
         else:
             files[obj["split"]].append(obj)
-    if duplicates:
-        raise DataError(f"{ds.root}: column 'subject_id': {duplicates} subjects have rows in more than one "
-                        "file; expected each subject's rows in exactly one file")
+    expected = {"subjects_in_two_files": "have rows in more than one file; expected each subject's rows in "
+                                         "exactly one file",
+                "subjects_in_another_split": "are under one data/<split>/ folder but metadata/subject_splits.parquet "
+                                             "puts them in another split; expected a subject in exactly one split",
+                "subjects_listed_twice": "are listed more than once in metadata/subject_splits.parquet; expected "
+                                         "a subject in exactly one split"}
+    for problem, n in problems.items():
+        if n:
+            raise DataError(f"{ds.root}: column 'subject_id': {n} subjects {expected[problem]}")
     tok = tokenize.Tokenizer.from_json(tokenizer_json)
     splits = {}
     for split in meds.SPLITS:
