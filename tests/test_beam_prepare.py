@@ -22,6 +22,7 @@ from ehr_jax.errors import DataError  # noqa: E402
 
 SETTINGS = dict(min_code_count=2, num_quantiles=4, records_per_shard=3)
 TWO_WORKERS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+IN_PROCESS = ["--runner=DirectRunner"]  # starts faster: for the error paths
 
 
 def _dataset(root: Path) -> Path:
@@ -88,7 +89,7 @@ def test_beam_cli_refuses_a_subject_in_two_files_without_traceback(tmp_path):
     root = small_dataset(tmp_path / "meds")
     frame(patient(1, [(0, "A", None)])).write_parquet(root / "data/train/1.parquet")  # subject 1 is in 0.parquet too
     cmd = [sys.executable, "-m", "ehr_jax.data.prepare", f"--meds_dir={root}", f"--out_dir={tmp_path / 'beam'}",
-           "--engine=beam", "--", *TWO_WORKERS]
+           "--engine=beam", "--", *IN_PROCESS]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert done.returncode != 0 and "error:" in done.stderr and "more than one file" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "beam" / shards.MANIFEST).exists()
@@ -98,7 +99,7 @@ def test_beam_reports_a_worker_data_error(tmp_path):
     root = small_dataset(tmp_path / "meds")
     frame(patient(77, [(60, "A", None), (0, "B", None)])).write_parquet(root / "data/train/1.parquet")
     with pytest.raises(DataError, match=r"train/1.parquet: column 'time' is not sorted"):
-        beam_prepare.prepare(str(root), str(tmp_path / "beam"), **SETTINGS, pipeline_args=TWO_WORKERS)
+        beam_prepare.prepare(str(root), str(tmp_path / "beam"), **SETTINGS, pipeline_args=IN_PROCESS)
 
 
 def test_beam_synthetic_generator_writes_the_local_rows(tmp_path):
@@ -131,4 +132,4 @@ def test_beam_checks_split_folders_against_the_split_table(tmp_path):
     table.with_columns(split=pl.when(pl.col("subject_id") == 1).then(pl.lit("held_out")).otherwise("split")).write_parquet(
         root / "metadata/subject_splits.parquet")
     with pytest.raises(DataError, match="1 subjects are under one data/<split>/ folder but"):
-        beam_prepare.prepare(str(root), str(tmp_path / "beam"), **SETTINGS, pipeline_args=TWO_WORKERS)
+        beam_prepare.prepare(str(root), str(tmp_path / "beam"), **SETTINGS, pipeline_args=IN_PROCESS)
