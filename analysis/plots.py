@@ -106,8 +106,9 @@ def plot_optimal(study: Study) -> plt.Figure | None:
 
 
 def plot_frontier(study: Study) -> plt.Figure:
-    """Every run's loss against its compute, and the frontier L_opt(C)."""
+    """Every run's loss against its compute, and the frontier L_opt(C) (the headline dataset's runs)."""
     points = study.dataset.points
+    points = points.select(points.dataset == study.isoflop.unique_tokens)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     sc = ax.scatter(points.c, points.loss, c=np.log10(points.n), cmap="viridis", s=18)
     fig.colorbar(sc, ax=ax, label="log10 N")
@@ -144,7 +145,8 @@ def plot_utility(study: Study) -> plt.Figure | None:
         fit, lo, hi = u.law.band(span)
         ax.scatter(u.law.x, 1 - u.law.y, color=color, s=14)
         est = u.law.exponent_ci
-        ax.plot(span, 1 - fit, color=color, label=f"{u.task}/{u.method}: exp {est.value:.3f} [{est.lo:.3f}, {est.hi:.3f}]")
+        label = f"{u.task}/{u.method}: exp {est.value:.3f} [{est.lo:.3f}, {est.hi:.3f}]"
+        ax.plot(span, 1 - fit, color=color, label=label)
         ax.fill_between(span, 1 - hi, 1 - lo, color=color, alpha=0.15, lw=0)
     for ax, label in zip(axes, (N_LABELS.get(study.dataset.points.n_key, "N"), "validation loss")):
         ax.set_xscale("log")

@@ -19,9 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench_prepare
 from absl import app, flags
 
-import bench_prepare
 import machine
 
 # --subjects, --workdir and --seed are bench_prepare's flags (same data cache).

@@ -16,8 +16,8 @@ from meds_fixtures import frame, patient, small_dataset  # noqa: E402
 
 pytest.importorskip("apache_beam", reason="the Beam engine needs the beam extra: pip install -e '.[beam]'")
 
-from ehr_jax.data import prepare as prep  # noqa: E402
 from ehr_jax.data import beam_prepare, loader, shards, vocab  # noqa: E402
+from ehr_jax.data import prepare as prep  # noqa: E402
 from ehr_jax.errors import DataError  # noqa: E402
 
 SETTINGS = dict(min_code_count=2, num_quantiles=4, records_per_shard=3)
@@ -105,6 +105,7 @@ def test_beam_reports_a_worker_data_error(tmp_path):
 def test_beam_synthetic_generator_writes_the_local_rows(tmp_path):
     """Same seed and size: the same rows in the same order, cut into per-group files."""
     import polars as pl
+
     from ehr_jax import synthetic
     from ehr_jax.synthetic import beam as synthetic_beam
 
@@ -120,7 +121,8 @@ def test_beam_synthetic_generator_writes_the_local_rows(tmp_path):
         assert rows["local"].equals(rows["beam"])
     for name in ("metadata/codes.parquet", "metadata/subject_splits.parquet"):
         assert pl.read_parquet(tmp_path / "local" / name).equals(pl.read_parquet(tmp_path / "beam" / name))
-    assert (tmp_path / "local/metadata/dataset.json").read_text() == (tmp_path / "beam/metadata/dataset.json").read_text()
+    dataset_json = [(tmp_path / root / "metadata/dataset.json").read_text() for root in ("local", "beam")]
+    assert dataset_json[0] == dataset_json[1]
     assert not (tmp_path / "beam" / "_beam_job").exists()
 
 
@@ -129,7 +131,7 @@ def test_beam_checks_split_folders_against_the_split_table(tmp_path):
 
     root = small_dataset(tmp_path / "meds")
     table = pl.read_parquet(root / "metadata/subject_splits.parquet")
-    table.with_columns(split=pl.when(pl.col("subject_id") == 1).then(pl.lit("held_out")).otherwise("split")).write_parquet(
-        root / "metadata/subject_splits.parquet")
+    moved = pl.when(pl.col("subject_id") == 1).then(pl.lit("held_out")).otherwise("split")
+    table.with_columns(split=moved).write_parquet(root / "metadata/subject_splits.parquet")
     with pytest.raises(DataError, match="1 subjects are under one data/<split>/ folder but"):
         beam_prepare.prepare(str(root), str(tmp_path / "beam"), **SETTINGS, pipeline_args=IN_PROCESS)

@@ -45,8 +45,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from ehr_jax.data import prepare as prep
 from ehr_jax.data import meds, shards, tokenize, vocab
+from ehr_jax.data import prepare as prep
 from ehr_jax.errors import DataError, EhrJaxError
 
 TMP_DIR = "_beam_tmp"  # under out_dir: per-file index parts and the job's summaries, removed at the end
@@ -142,7 +142,8 @@ def _pipeline(files: list[tuple], read: "_ReadSpec", table: str | None, out: "_O
                                                                  settings["num_quantiles"])))
         encoded = (p | "Files" >> beam.Create(files) | beam.Reshuffle()
                    | "Encode" >> beam.ParDo(_EncodeFile(read, out.root, settings["records_per_shard"]),
-                                            beam.pvalue.AsSingleton(tokenizer)).with_outputs("subjects", main="summary"))
+                                            beam.pvalue.AsSingleton(tokenizer))
+                   .with_outputs("subjects", main="summary"))
         listed = (p | "SplitTable" >> beam.Create([table] if table else []) | beam.FlatMap(_split_table_rows))
         problems = ({"data": encoded.subjects, "table": listed} | beam.CoGroupByKey()
                     | beam.Map(_subject_problems) | "Problems" >> beam.CombineGlobally(_add_problems))

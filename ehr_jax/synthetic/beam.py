@@ -30,8 +30,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ehr_jax.errors import ConfigError, DataError
-from ehr_jax.synthetic.generate import (BLOCK_SUBJECTS, DATA_SCHEMA, SPLIT_FRACTIONS, _block_parts,
-                                        _prepare_out_dir, _write_metadata, assign_splits)
+from ehr_jax.synthetic.generate import (
+    BLOCK_SUBJECTS,
+    DATA_SCHEMA,
+    SPLIT_FRACTIONS,
+    _block_parts,
+    _prepare_out_dir,
+    _write_metadata,
+    assign_splits,
+)
 from ehr_jax.synthetic.vocab import build_vocab
 
 DEFAULT_ARGS = ("--runner=DirectRunner", "--direct_running_mode=multi_processing",

@@ -28,6 +28,7 @@ from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import checkpoint, metrics, optim
+from ehr_jax.train.profiler import StepProfiler
 
 Batch = dict[str, np.ndarray]
 
@@ -113,8 +114,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     chrono = metrics.Chrono(plan.steps, plan.tokens_per_step,
                             plan.tokens_per_step * plan.flops_per_token, peak_total)
     writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
+    profiler = StepProfiler(workdir, config.train.profile_steps, enabled=is_writer)
     loop = TrainLoop(plan, config.train, train_step, eval_step, loader, val_batches,
-                     batch_sharding, checkpointer, writer, chrono, meta)
+                     batch_sharding, checkpointer, writer, chrono, meta, profiler)
     try:
         # Steps trace under the mesh so the model's activation constraints apply.
         with jax.set_mesh(mesh):
@@ -252,8 +254,9 @@ class TrainLoop:
     def __init__(self, plan: Plan, train_cfg: ml_collections.ConfigDict, train_step: Callable,
                  eval_step: Callable, loader: Any, val_batches: list[Batch], batch_sharding: Any,
                  checkpointer: checkpoint.Checkpointer, writer: metrics.MetricsWriter,
-                 chrono: metrics.Chrono, meta: dict):
+                 chrono: metrics.Chrono, meta: dict, profiler: StepProfiler):
         self.plan, self.cfg = plan, train_cfg
+        self.profiler = profiler
         self.train_step, self.eval_step = train_step, eval_step
         self.loader, self.val_batches, self.batch_sharding = loader, val_batches, batch_sharding
         self.checkpointer, self.writer, self.chrono = checkpointer, writer, chrono
@@ -265,11 +268,19 @@ class TrainLoop:
         self.val_loss = meta.get("val_loss")
 
     def run(self, state: Any, start_step: int) -> Any:
+        try:
+            return self._run(state, start_step)
+        finally:
+            self.profiler.stop()
+
+    def _run(self, state: Any, start_step: int) -> Any:
         pending = None  # (steps done, device metrics) of the step in flight
         for step in range(start_step, self.plan.steps):
             batch = local_batch_to_global(next(self.loader), self.batch_sharding,
                                           self.plan.global_batch_size)
+            self.profiler.before_step(step)
             state, step_metrics = self.train_step(state, batch)
+            self.profiler.after_step(step, step_metrics)
             if pending is not None:
                 self.record(*pending)
             pending = (step + 1, step_metrics)
