@@ -26,6 +26,7 @@ from ehr_jax import parallel, rundir
 from ehr_jax.data import loader as data_loader
 from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
+from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import checkpoint, metrics, optim
 from ehr_jax.train.profiler import StepProfiler
@@ -85,7 +86,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
 
     # Model and optimizer, created directly in their shardings.
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    graphdef, state, state_sharding = init_state(model_cfg, tx, mesh, config.seed)
+    graphdef, state, state_sharding = model_init.init(model_cfg, mesh, config.seed, tx)
     batch_sharding = parallel.batch_sharding(mesh)
     schedule = optim.learning_rate_schedule(
         plan.peak_lr, plan.steps, config.train.warmup_frac, config.train.min_lr_ratio)
@@ -163,22 +164,6 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
                 n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
 
 
-def init_state(model_cfg: transformer.ModelConfig, tx: optax.GradientTransformation,
-               mesh: jax.sharding.Mesh, seed: int) -> tuple[nnx.GraphDef, nnx.State, Any]:
-    """(graphdef, state, state shardings) of model + optimizer, initialised in place.
-
-    Initialising under jit with out_shardings means no host ever holds the whole model.
-    """
-    def create():
-        model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
-    state_sharding = parallel.state_shardings(abstract_state, mesh)
-    state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sharding)()
-    return graphdef, state, state_sharding
-
-
 def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
                         mask_BxL: jax.Array) -> jax.Array:
     """Per-position cross-entropy (float32), zero where the mask is 0."""
@@ -187,11 +172,12 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return losses_BxL * mask_BxL
 
 
-def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any,
+def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any, batch_sharding: Any,
                     schedule: optax.Schedule) -> Callable:
-    """jit'd (state, batch) -> (state, metrics); the state is donated (updated in place)."""
+    """jit'd (state, batch) -> (state, metrics); the state (model, optimizer) is donated
+    (updated in place)."""
     def train_step(state, batch):
-        model, optimizer = nnx.merge(graphdef, state)
+        model, optimizer = map(nnx.merge, graphdef, state)
 
         def loss_fn(model):
             logits_BxLxV = model(batch["tokens"])
@@ -204,17 +190,18 @@ def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding:
         optimizer.update(model, grads)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
                         "target_tokens": n_targets}
-        return nnx.state((model, optimizer)), step_metrics
+        return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
     return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any) -> Callable:
+def make_eval_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                   batch_sharding: Any) -> Callable:
     """jit'd (state, batch) -> per-position masked losses, replicated to every process."""
     def eval_step(state, batch):
-        model, _ = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdef[0], state[0])
         return masked_token_losses(model(batch["tokens"]), batch["targets"], batch["mask"])
 
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
