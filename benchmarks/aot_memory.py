@@ -63,9 +63,9 @@ def measure(size_name: str, mesh) -> dict:
     """Compile the train step for abstract (sharded) state and batch; read its memory use."""
     import jax
     import numpy as np
-    from flax import nnx
 
     from ehr_jax import config_files, parallel
+    from ehr_jax.model import init as model_init
     from ehr_jax.model import transformer
     from ehr_jax.train import optim, trainer
 
@@ -77,12 +77,8 @@ def measure(size_name: str, mesh) -> dict:
     plan = trainer.make_plan(config, model_cfg)
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
 
-    def create():
-        model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(0))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
-    state_sharding = parallel.state_shardings(abstract_state, mesh)
+    graphdef, abstract_state = model_init.abstract(model_cfg, mesh, tx)
+    state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
     batch_sharding = parallel.batch_sharding(mesh)
     schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
     step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
