@@ -79,10 +79,9 @@ def measure(size_name: str, mesh) -> dict:
     graphdef, abstract_state = model_init.abstract(model_cfg, mesh, tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
     batch_sharding = parallel.batch_sharding(mesh)
-    kind = optim.make_schedule(config.train, plan.peak_lr, plan.steps).kind
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, kind)
-    schedule_inputs = {key: jax.ShapeDtypeStruct((), np.float32)
-                       for key in optim.make_schedule(config.train, 1.0, 10).inputs()}
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)
+    schedule_inputs = {key: jax.ShapeDtypeStruct((), np.float32) for key in schedule.inputs()}
     shape = (_BATCH.value, _SEQ_LEN.value)
     batch = {"tokens": jax.ShapeDtypeStruct(shape, np.int32),
              "targets": jax.ShapeDtypeStruct(shape, np.int32),
