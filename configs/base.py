@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_kv_heads = 0  # grouped-query attention: KV heads (0: one per query head)
     config.model.tie_embeddings = False  # share the input embedding with the output head
     config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
+    # attention kernel: auto (splash on TPU, cudnn on GPU or triton when packed, xla on CPU),
+    # xla (reference, builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
+    config.model.attention = "auto"
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 16  # windows per step, across all processes

@@ -79,18 +79,27 @@ def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partitio
     return PartitionSpec(*fitted)
 
 
+def fitted_spec(shape: Sequence[int], logical_axes: Sequence[str | None]) -> PartitionSpec | None:
+    """The PartitionSpec an activation of this shape gets under the current mesh; None off-mesh.
+
+    Rules come from nnx.logical_axis_rules(...) when set, else LOGICAL_AXIS_RULES; a dimension the
+    mesh axes do not divide is replicated.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None
+    rules = dict(core_spmd.get_logical_axis_rules() or LOGICAL_AXIS_RULES)
+    spec = PartitionSpec(*(rules.get(a) if a is not None else None for a in logical_axes))
+    return _fit_spec(spec, shape, mesh)
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Pin an activation's sharding by logical names when traced under jax.set_mesh(mesh).
 
     Without a mesh in context this is the identity, so model code runs unchanged on one device.
-    Rules come from nnx.logical_axis_rules(...) when set, else LOGICAL_AXIS_RULES.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    rules = dict(core_spmd.get_logical_axis_rules() or LOGICAL_AXIS_RULES)
-    spec = PartitionSpec(*(rules.get(a) if a is not None else None for a in logical_axes))
-    return jax.lax.with_sharding_constraint(x, _fit_spec(spec, x.shape, mesh))
+    spec = fitted_spec(x.shape, logical_axes)
+    return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
 
 def _variable_sharding(var: nnx.Variable, mesh: Mesh) -> NamedSharding:

@@ -104,9 +104,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         loader.set_state(restored.loader_state)
     start_step = restored.step if restored is not None else 0
     logging.info("run %s: %d params (%d non-embedding), %d steps of %d tokens, peak lr %.2e, "
-                 "starting at step %d", os.path.basename(workdir), plan.n_params,
-                 plan.n_params_non_embedding, plan.steps, plan.tokens_per_step, plan.peak_lr,
-                 start_step)
+                 "%s attention, %s compute, starting at step %d", os.path.basename(workdir),
+                 plan.n_params, plan.n_params_non_embedding, plan.steps, plan.tokens_per_step,
+                 plan.peak_lr, model_cfg.attention, model_cfg.dtype, start_step)
 
     # Loop.
     peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
@@ -339,6 +339,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "n_layers": model_cfg.n_layers,
         "d_model": model_cfg.d_model,
         "model_size": model_cfg.size_name,
+        "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
         "tokens_seen": tokens,
         "target_tokens_seen": loop.target_tokens,
         "flops": tokens * plan.flops_per_token,
