@@ -18,6 +18,7 @@ setuptools.setup(
         "array-record>=0.8.1",
         "numpy>=1.26",
         "scipy>=1.12",
+        "threadpoolctl>=3.1",
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "tensorboardX>=2.6",

@@ -10,13 +10,12 @@ a = beta / (alpha + beta) for N_opt and b = alpha / (alpha + beta) for D_opt (un
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import itertools
 
 import numpy as np
 from absl import logging
+import threadpoolctl
 from scipy import optimize, special
 
 from analysis import powerlaw
@@ -48,9 +47,12 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     return np.where(abs_r <= delta, 0.5 * r * r, delta * (abs_r - 0.5 * delta))
 
 
-def objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
-              weights: np.ndarray, delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
-    """Weighted Huber loss of log residuals (scaled by 1/delta for L-BFGS's tolerances) and its gradient."""
+def objective_terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
+                    weights: np.ndarray, delta: float = HUBER_DELTA) -> tuple[float, np.ndarray, np.ndarray]:
+    """objective's value and gradient, plus its derivative per point in ln D.
+
+    The last lets a law that transforms D (the data-constrained D') chain its own parameters on.
+    """
     e, a, alpha, b, beta = theta
     terms_Px3 = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)], axis=1)
     top = terms_Px3.max(axis=1)  # log-sum-exp by hand: scipy's checks cost more than the sum here
@@ -62,50 +64,30 @@ def objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np
     soft_Px3 = np.exp(terms_Px3 - pred[:, None])
     grad = np.array([dr @ soft_Px3[:, 2], dr @ soft_Px3[:, 0], -(dr * soft_Px3[:, 0]) @ log_n,
                      dr @ soft_Px3[:, 1], -(dr * soft_Px3[:, 1]) @ log_d])
+    return value, grad, -beta * dr * soft_Px3[:, 1]
+
+
+def objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
+              weights: np.ndarray, delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
+    """Weighted Huber loss of log residuals (scaled by 1/delta for L-BFGS's tolerances) and its gradient."""
+    value, grad, _ = objective_terms(theta, log_n, log_d, log_l, weights, delta)
     return value, grad
 
 
-def _grid_starts(log_n, log_d, log_l, count: int) -> np.ndarray:
+def grid_starts(log_n, log_d, log_l, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` best points of START_GRID by Huber loss, and their losses."""
     grid_Sx5 = np.array(list(itertools.product(*START_GRID.values())))
     r_SxP = predict_log_loss(grid_Sx5, log_n, log_d) - log_l
     scores = _huber(r_SxP, HUBER_DELTA).sum(axis=1)
-    return grid_Sx5[np.argsort(scores)[:count]]
+    best = np.argsort(scores)[:count]
+    return grid_Sx5[best], scores[best]
 
 
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Run OpenBLAS on one thread inside the block.
-
-    L-BFGS-B's tiny BLAS calls otherwise wake OpenBLAS's spinning worker threads; on a busy
-    2-core machine that made each fit about 25x slower in CPU time. No-op where it cannot tell.
-    """
-    restore = []
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and line.rstrip().endswith(".so")}
-    except OSError:
-        paths = set()
-    for path in paths:
-        lib = ctypes.CDLL(path)
-        for prefix, suffix in (("scipy_openblas", ""), ("scipy_openblas", "64_"), ("openblas", ""), ("openblas", "64_")):
-            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            if setter is not None and getter is not None:
-                restore.append((setter, getter()))
-                setter(1)
-                break
-    try:
-        yield
-    finally:
-        for setter, threads in restore:
-            setter(threads)
-
-
-def _minimize(starts: np.ndarray, log_n, log_d, log_l, weights) -> np.ndarray:
+def minimize(fun, starts: np.ndarray, args: tuple, bounds) -> np.ndarray | None:
+    """Best L-BFGS-B optimum of fun (value, gradient) over the starts; None when none is finite."""
     best, best_value = None, np.inf
     for start in starts:
-        result = optimize.minimize(objective, start, args=(log_n, log_d, log_l, weights), jac=True,
-                                   method="L-BFGS-B", bounds=BOUNDS,
+        result = optimize.minimize(fun, start, args=args, jac=True, method="L-BFGS-B", bounds=bounds,
                                    options={"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-9})
         if np.isfinite(result.fun) and result.fun < best_value:
             best, best_value = result.x, result.fun
@@ -144,12 +126,14 @@ class ParametricFit:
         return out
 
 
-def _check_bounds(theta: np.ndarray) -> list[str]:
+def check_bounds(theta: np.ndarray, names=("e", "a", "alpha", "b", "beta"), bounds=BOUNDS,
+                 fit_name: str = "parametric fit") -> list[str]:
+    """A parameter on its bound was not identified by the runs: say which."""
     notes = []
-    for name, value, (lo, hi) in zip(("e", "a", "alpha", "b", "beta"), theta, BOUNDS):
+    for name, value, (lo, hi) in zip(names, theta, bounds):
         if np.isclose(value, lo, atol=1e-6) or np.isclose(value, hi, atol=1e-6):
-            notes.append(f"parametric fit: {name}={value:.3g} sits on its bound [{lo}, {hi}]: the runs "
-                         "span too narrow a range of N or D to identify it; treat a and b with care")
+            notes.append(f"{fit_name}: {name}={value:.3g} sits on its bound [{lo:.3g}, {hi:.3g}]: the runs "
+                         "span too narrow a range to identify it; treat the exponents with care")
     return notes
 
 
@@ -165,19 +149,21 @@ def fit_parametric(n: np.ndarray, d: np.ndarray, loss: np.ndarray, n_boot: int =
         raise DataError(reason)
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
     ones = np.ones_like(log_l)
-    starts = _grid_starts(log_n, log_d, log_l, N_REFINE)
+    starts, _ = grid_starts(log_n, log_d, log_l, N_REFINE)
     rng = np.random.default_rng(seed)
     boot = []
-    with single_threaded_blas():
-        theta = _minimize(starts, log_n, log_d, log_l, ones)
+    # L-BFGS-B's tiny BLAS calls otherwise wake OpenBLAS's spinning worker threads; on a busy
+    # 2-core machine that made each fit about 25x slower in CPU time.
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        theta = minimize(objective, starts, (log_n, log_d, log_l, ones), BOUNDS)
         if theta is None:
             raise DataError("parametric L(N, D): L-BFGS found no finite optimum from any start; not fitted")
         boot_starts = theta[None, :]  # replicates sit near the full fit; one start suffices
         for counts in rng.multinomial(len(loss), ones / len(loss), size=n_boot):
-            fitted = _minimize(boot_starts, log_n, log_d, log_l, counts.astype(float))
+            fitted = minimize(objective, boot_starts, (log_n, log_d, log_l, counts.astype(float)), BOUNDS)
             if fitted is not None:
                 boot.append(fitted)
-    fit = ParametricFit(theta, np.array(boot).reshape(-1, 5), level, len(loss), _check_bounds(theta))
+    fit = ParametricFit(theta, np.array(boot).reshape(-1, 5), level, len(loss), check_bounds(theta))
     for w in fit.warnings:
         logging.warning(w)
     return fit

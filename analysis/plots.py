@@ -1,4 +1,4 @@
-"""Figures of a Study: IsoFLOP curves, N_opt and D_opt against C, the loss frontier, utility.
+"""Figures of a Study: IsoFLOP curves, N_opt and D_opt against C, the loss frontier, utility, repetition.
 
 Each plot_* returns a matplotlib Figure (the notebook shows it); save_all writes PNG and SVG.
 Only aggregate numbers appear: run summaries carry no patient identifiers, and plots add none.
@@ -16,6 +16,7 @@ if "ipykernel" not in sys.modules:
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from analysis import constrained  # noqa: E402
 from analysis.isoflop import IsoflopFit  # noqa: E402
 from analysis.powerlaw import PowerLaw  # noqa: E402
 from analysis.study import Study  # noqa: E402
@@ -35,12 +36,16 @@ def plot_isoflop(study: Study) -> plt.Figure:
     """Loss against N per budget, the fitted parabolas, and each minimum with its CI."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     points = study.dataset.points
+    points = points.select(points.dataset == study.isoflop.unique_tokens)  # the headline dataset's runs
     budgets = sorted(set(points.budget.tolist()))
     profiles = {p.budget: p for p in study.isoflop.profiles}
     for color, budget in zip(_colors(len(budgets)), budgets):
         mask = points.budget == budget
-        ax.scatter(points.n[mask], points.loss[mask], color=color, s=18, label=f"C = {budget:.2g}")
         profile = profiles.get(budget)
+        ax.scatter(points.n[mask], points.loss[mask], color=color, s=18, label=f"C = {budget:.2g}")
+        if profile is not None and profile.sizes.noise_model == "seed_spread":
+            ax.errorbar(profile.sizes.n, profile.sizes.mean, yerr=profile.sizes.se, fmt="none", color=color,
+                        capsize=2, lw=0.8)
         if profile is None:
             continue
         grid = np.geomspace(profile.n.min() / 1.3, profile.n.max() * 1.3, 100)
@@ -53,7 +58,8 @@ def plot_isoflop(study: Study) -> plt.Figure:
     ax.set_xscale("log")
     ax.set_xlabel(N_LABELS.get(points.n_key, points.n_key))
     ax.set_ylabel("validation loss")
-    ax.set_title(f"IsoFLOP profiles (stars: minima with {_pct(study)} CI; x/dotted: not interior)")
+    data = f"U={study.isoflop.unique_tokens:.3g}; " if study.isoflop.unique_tokens else ""
+    ax.set_title(f"IsoFLOP profiles ({data}stars: minima with {_pct(study)} CI; x/dotted: not interior)", fontsize=9)
     ax.legend(fontsize=8, title=f"budget ({points.flops_key})", title_fontsize=8)
     fig.tight_layout()
     return fig
@@ -151,12 +157,74 @@ def plot_utility(study: Study) -> plt.Figure | None:
     return fig
 
 
+def _repetition_panel(ax, study: Study) -> None:
+    """Each run's loss less the fitted model-size term, against tokens: every size falls on its dataset's curve.
+
+    The curves are B / D'^beta for each dataset and B / D^beta had every token been new; runs that
+    repeated their data sit on their dataset's curve where it parts from the dotted one.
+    """
+    fit, points = study.constrained, study.dataset.points
+    est = fit.estimates()
+    d_grid = np.geomspace(points.d.min() / 1.5, points.d.max() * 1.5, 120)
+    data_term = lambda d_eff: est["B"].value / d_eff ** est["beta"].value  # noqa: E731
+    for color, u in zip(_colors(len(fit.unique_tokens)), fit.unique_tokens):
+        mask = points.dataset == u
+        size_term = est["E"].value + est["A"].value / points.n[mask] ** est["alpha"].value
+        ax.scatter(points.d[mask], points.loss[mask] - size_term, color=color, s=12, alpha=0.7)
+        ax.plot(d_grid, data_term(constrained.effective_data(d_grid, u, est["R_star_D"].value)), color=color,
+                lw=1.4, label=f"U = {u:.3g} tokens")
+        ax.axvline(u, color=color, lw=0.8, ls="--")
+    ax.plot(d_grid, data_term(d_grid), color="gray", lw=1, ls=":", label="every token new")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens seen D (dashed: one epoch of each dataset)")
+    ax.set_ylabel("loss - E - A/N^alpha (fitted)")
+    ax.set_title("The data term of the loss, against tokens seen", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def _effective_panel(ax, study: Study) -> None:
+    """D'/U against epochs: how much a repeated epoch is worth, with the R*_D interval (D'/U rises with R*_D)."""
+    fit = study.constrained
+    epochs = np.geomspace(1, max(fit.max_epochs, 2) * 1.5, 80)
+    r_star = fit.estimates()["R_star_D"]
+    ax.plot(epochs, constrained.effective_data(epochs, 1.0, r_star.value), color="tab:blue",
+            label=f"R*_D = {_fmt_ci(r_star)}")
+    if np.isfinite(r_star.lo):
+        ax.fill_between(epochs, constrained.effective_data(epochs, 1.0, r_star.lo),
+                        constrained.effective_data(epochs, 1.0, r_star.hi), color="tab:blue", alpha=0.2, lw=0,
+                        label=f"{_pct(study)} CI")
+    ax.plot(epochs, epochs, color="gray", lw=0.8, ls=":", label="every token new")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("epochs over the data (D / U)")
+    ax.set_ylabel("effective epochs D' / U")
+    ax.set_title("What repeated epochs are worth", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def _fmt_ci(est) -> str:
+    return f"{est.value:.3g} [{est.lo:.3g}, {est.hi:.3g}]" if np.isfinite(est.lo) else f"{est.value:.3g}"
+
+
+def plot_repetition(study: Study) -> plt.Figure | None:
+    """The data-constrained law against the runs, when some of them repeated their data."""
+    if study.constrained is None or not study.constrained.max_epochs > 1:
+        return None
+    fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2))
+    _repetition_panel(ax_l, study)
+    _effective_panel(ax_e, study)
+    fig.suptitle("Repeated data (Muennighoff et al. 2023 law, fitted)")
+    fig.tight_layout()
+    return fig
+
+
 def save_all(study: Study, out_dir: str) -> list[str]:
     """Write every available figure as PNG and SVG; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     written = []
     figures = {"isoflop": plot_isoflop(study), "optimal": plot_optimal(study),
-               "frontier": plot_frontier(study), "utility": plot_utility(study)}
+               "frontier": plot_frontier(study), "utility": plot_utility(study),
+               "repetition": plot_repetition(study)}
     for name, fig in figures.items():
         if fig is None:
             continue

@@ -114,3 +114,24 @@ def bootstrap_pairs(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Ge
     slopes = (lx_c[ok] * (ly[ok] - ly[ok].mean(axis=1, keepdims=True))).sum(axis=1) / sxx[ok]
     intercepts = ly[ok].mean(axis=1) - slopes * lx[ok].mean(axis=1)
     return PowerLaw(float(log_k), float(exponent), intercepts, slopes, x, y, level)
+
+
+def loglog_interp(x: np.ndarray, y: np.ndarray):
+    """ln y as a function of ln x: piecewise linear through the points (y averaged per distinct x).
+
+    Extended by the end segments: such curves (tokens or FLOPs per token against N) are nearly
+    straight in log-log, and a polynomial would run away for a far-off bootstrap vertex.
+    """
+    log_x, inverse = np.unique(np.log(x), return_inverse=True)
+    log_y = np.bincount(inverse, weights=np.log(y)) / np.bincount(inverse)
+    if len(log_x) < 2:
+        raise ValueError("loglog_interp needs >= 2 distinct x")
+
+    def at(log_x_new):
+        log_x_new = np.asarray(log_x_new, dtype=float)
+        left = log_y[0] + (log_x_new - log_x[0]) * (log_y[1] - log_y[0]) / (log_x[1] - log_x[0])
+        right = log_y[-1] + (log_x_new - log_x[-1]) * (log_y[-1] - log_y[-2]) / (log_x[-1] - log_x[-2])
+        inside = np.interp(log_x_new, log_x, log_y)
+        return np.where(log_x_new < log_x[0], left, np.where(log_x_new > log_x[-1], right, inside))
+
+    return at

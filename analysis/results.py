@@ -1,8 +1,10 @@
 """Load a sweep's results.jsonl and turn run summaries into the points the fits use.
 
 Each line is one run summary (see ARCHITECTURE: run_name, n_params, n_params_non_embedding,
-tokens_seen, flops, flops_6nd, val_loss, epochs_over_data, grid_point {budget, size},
-optional evaluation). Malformed input raises DataError naming the file and line; runs that
+tokens_seen, flops, flops_6nd, val_loss, epochs_over_data, grid_point {budget, size, seed},
+optional seed, unique_tokens and evaluation). A line without a seed is seed 0 of a single-seed
+study; a line without unique_tokens takes its dataset's size from tokens_seen / epochs_over_data.
+Malformed input raises DataError naming the file and line; runs that
 cannot enter a fit (failed, non-finite loss, repeated) are excluded and counted, not guessed at.
 """
 
@@ -31,6 +33,8 @@ REQUIRED_FIELDS = ("n_params", "n_params_non_embedding", "tokens_seen", "flops")
 # Runs without a grid_point are grouped by compute: a new group starts where sorted
 # log10(FLOPs) jumps by more than this (0.1 dex = 26%); sweeps space budgets wider than that.
 BUDGET_GAP_DEX = 0.1
+# Runs whose unique-token counts differ by less than this (in log10) trained on the same dataset.
+DATASET_GAP_DEX = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,9 @@ class Points:
     c: np.ndarray  # training FLOPs of the run, per flops_key
     budget: np.ndarray  # nominal IsoFLOP budget of the run's group
     loss: np.ndarray  # validation loss
+    seed: np.ndarray  # training seed (0 when the line names none)
+    unique_tokens: np.ndarray  # tokens in one epoch of the run's training data (NaN: unknown)
+    dataset: np.ndarray  # the run's dataset: its unique-token cluster, 0.0 when unknown
     n_key: str
     flops_key: str
 
@@ -55,7 +62,13 @@ class Points:
             self,
             run_name=tuple(self.run_name[i] for i in keep),
             n=self.n[keep], d=self.d[keep], c=self.c[keep], budget=self.budget[keep],
-            loss=self.loss[keep])
+            loss=self.loss[keep], seed=self.seed[keep], unique_tokens=self.unique_tokens[keep],
+            dataset=self.dataset[keep])
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """Passes over the training data (NaN where its size is unknown)."""
+        return self.d / self.unique_tokens
 
 
 @dataclasses.dataclass
@@ -113,16 +126,40 @@ def _is_failed(record: dict) -> bool:
     return bool(record.get("error")) or record.get("status", "finished") not in ("finished", "done", "ok")
 
 
-def _budget_of(record: dict) -> float | None:
+def _grid_point(record: dict) -> dict:
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     point = record.get("grid_point") or config.get("grid_point")
-    if isinstance(point, dict) and _finite_positive(point.get("budget")):
-        return float(point["budget"])
-    return None
+    return point if isinstance(point, dict) else {}
+
+
+def _budget_of(record: dict) -> float | None:
+    budget = _grid_point(record).get("budget")
+    return float(budget) if _finite_positive(budget) else None
+
+
+def seed_of(record: dict, path: str = "") -> int:
+    """The run's training seed: grid_point.seed, else seed, else 0 (a single-seed study)."""
+    seed = _grid_point(record).get("seed", record.get("seed", 0))
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or seed != int(seed):
+        raise DataError(f"{path}:{record.get('_line', '?')}: seed={seed!r} in run {record.get('run_name', '?')}; "
+                        "expected an integer")
+    return int(seed)
+
+
+def unique_tokens_of(record: dict) -> float:
+    """Tokens in one epoch of the run's data: unique_tokens, else tokens_seen / epochs_over_data; NaN if neither."""
+    if _finite_positive(record.get("unique_tokens")):
+        return float(record["unique_tokens"])
+    if _finite_positive(record.get("epochs_over_data")) and _finite_positive(record.get("tokens_seen")):
+        return float(record["tokens_seen"]) / float(record["epochs_over_data"])
+    return float("nan")
 
 
 def group_by_compute(flops: np.ndarray, gap_dex: float = BUDGET_GAP_DEX) -> np.ndarray:
-    """Nominal budget per run from FLOPs alone: cluster sorted log10 FLOPs, name each by its geometric mean."""
+    """Nominal budget per run from FLOPs alone: cluster sorted log10 FLOPs, name each by its geometric mean.
+
+    The same clustering names datasets by their unique-token counts (dataset_labels).
+    """
     log_c = np.log10(flops)
     order = np.argsort(log_c)
     budgets = np.empty_like(log_c)
@@ -135,11 +172,25 @@ def group_by_compute(flops: np.ndarray, gap_dex: float = BUDGET_GAP_DEX) -> np.n
     return budgets
 
 
-def _dedupe(summaries: list[dict], warnings: list[str]) -> tuple[list[dict], int]:
-    """A sweep rerun may append a run twice; the last line wins."""
+def dataset_labels(unique_tokens: np.ndarray) -> np.ndarray:
+    """One label per run naming its dataset: the geometric mean of its unique-token cluster, 0.0 when unknown."""
+    labels = np.zeros_like(unique_tokens)
+    known = np.isfinite(unique_tokens)
+    if known.any():
+        labels[known] = group_by_compute(unique_tokens[known], DATASET_GAP_DEX)
+    return labels
+
+
+def _dedupe(path: str, summaries: list[dict], warnings: list[str]) -> tuple[list[dict], int]:
+    """A sweep rerun may append a run twice; the last line wins.
+
+    Two seeds, or two datasets, of one grid point may share a run name: they are different runs.
+    """
     by_name: dict = collections.OrderedDict()
-    for i, record in enumerate(summaries):
-        by_name[record.get("run_name", f"<line {record['_line']}>")] = record
+    for record in summaries:
+        name = record.get("run_name", f"<line {record['_line']}>")
+        key = (name, seed_of(record, path), str(record.get("unique_tokens")))
+        by_name[key] = record
     duplicates = len(summaries) - len(by_name)
     if duplicates:
         warnings.append(f"{duplicates} repeated run_name line(s); kept the last of each")
@@ -155,7 +206,7 @@ def to_dataset(path: str, summaries: list[dict], n: str = DEFAULT_N, flops_key: 
     warnings: list[str] = []
     # In-memory summaries (tests, notebooks) have no file line; number them as if they had.
     summaries = [{"_line": i, **r} for i, r in enumerate(summaries, start=1)]
-    summaries, duplicates = _dedupe(summaries, warnings)
+    summaries, duplicates = _dedupe(path, summaries, warnings)
     excluded = {"failed": 0, "non_finite_loss": 0, "duplicate": duplicates}
     usable = []
     for record in summaries:
@@ -184,13 +235,15 @@ def to_dataset(path: str, summaries: list[dict], n: str = DEFAULT_N, flops_key: 
         # Group by the trainer's own count: the grid holds it fixed, flops_6nd varies within a group.
         own_flops = np.array([float(r["flops"]) for r in usable])
         budgets[np.isnan(budgets)] = group_by_compute(own_flops[np.isnan(budgets)])
+    unique_tokens = np.array([unique_tokens_of(r) for r in usable])
     points = Points(
         run_name=tuple(str(r.get("run_name", f"line{r['_line']}")) for r in usable),
         n=np.array([float(r[N_KEYS[n]]) for r in usable]),
         d=np.array([float(r["tokens_seen"]) for r in usable]),
         c=c, budget=budgets,
         loss=np.array([float(r["val_loss"]) for r in usable]),
-        n_key=N_KEYS[n], flops_key=flops_key)
+        seed=np.array([seed_of(r, path) for r in usable], dtype=int), unique_tokens=unique_tokens,
+        dataset=dataset_labels(unique_tokens), n_key=N_KEYS[n], flops_key=flops_key)
     return Dataset(path=path, summaries=usable, points=points, excluded=excluded, warnings=warnings)
 
 
@@ -198,9 +251,3 @@ def read_dataset(path: str, n: str = DEFAULT_N, flops_key: str = DEFAULT_FLOPS) 
     """load_results + to_dataset: the one call most users need."""
     return to_dataset(path, load_results(path), n=n, flops_key=flops_key)
 
-
-def available_tokens(summaries: list[dict]) -> float | None:
-    """Training tokens in one epoch, from tokens_seen / epochs_over_data (median over runs)."""
-    per_run = [r["tokens_seen"] / r["epochs_over_data"] for r in summaries
-               if _finite_positive(r.get("epochs_over_data")) and _finite_positive(r.get("tokens_seen"))]
-    return float(np.median(per_run)) if per_run else None

@@ -5,6 +5,10 @@ The example file is made by `python -m analysis.synthetic_results --out=analysis
 losses follow LAW evaluated at non-embedding N and tokens seen, with 0.5% multiplicative noise,
 and whose AUROCs follow 1 - AUROC = k N^-gamma with noise. No run was trained to make it; the
 integrator may replace it with real quickstart output.
+
+`--kind=data_constrained` writes a planted data-constrained study instead (two dataset sizes,
+runs repeating their data up to tens of epochs, `--seeds` seeds per grid point): the shape of
+the two-dataset experiment, to try the report on before real runs exist.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import math
 
 import numpy as np
 from absl import app, flags
+
+from analysis.constrained import effective_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,43 @@ def law_summaries(law: Law, budgets, sizes_per_budget: int = 7, span_dex: float 
                          "tokens_seen": d, "flops": c, "flops_6nd": 6 * n * d, "flops_per_token": 6 * n,
                          "val_loss": loss, "final_train_loss": loss, "epochs_over_data": d / 1e12,
                          "grid_point": {"budget": c, "size": f"n{n:.3g}"}})
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstrainedLaw:
+    """law at effective data D' (Muennighoff et al. 2023): repeated tokens decay with R*_D."""
+
+    law: Law = Law()
+    r_star_d: float = 15.0
+
+    def loss(self, n, d, u):
+        return self.law.loss(n, effective_data(d, u, self.r_star_d))
+
+    def n_opt(self, c: float, u: float) -> float:
+        """Compute-optimal N under C = 6 N D for a dataset of u tokens (numerically: no closed form)."""
+        grid = np.geomspace(self.law.n_opt(c) / 100, self.law.n_opt(c) * 100, 4001)
+        return float(grid[np.argmin(self.loss(grid, c / (6 * grid), u))])
+
+
+def constrained_summaries(law: ConstrainedLaw, budgets, unique_tokens, sizes_per_budget: int = 7,
+                          span_dex: float = 1.2, seeds: int = 1, noise: float = 0.0, seed: int = 0) -> list[dict]:
+    """Summaries of one IsoFLOP grid per dataset size, sizes centred on each (budget, U) optimum, C = 6 N D."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in unique_tokens:
+        for c in budgets:
+            center = math.log10(law.n_opt(c, u))
+            for log_n in np.linspace(center - span_dex / 2, center + span_dex / 2, sizes_per_budget):
+                n = 10 ** log_n
+                d = c / (6 * n)
+                for s in range(seeds):
+                    loss = float(law.loss(n, d, u) * math.exp(noise * rng.standard_normal()))
+                    rows.append({"run_name": f"u{u:.0e}-c{c:.0e}-n{n:.3g}-s{s}", "n_params": n,
+                                 "n_params_non_embedding": n, "tokens_seen": d, "flops": c, "flops_6nd": 6 * n * d,
+                                 "flops_per_token": 6 * n, "val_loss": loss, "final_train_loss": loss,
+                                 "unique_tokens": u, "epochs_over_data": d / u, "seed": s,
+                                 "grid_point": {"budget": c, "size": f"n{n:.3g}", "seed": s}})
     return rows
 
 
@@ -127,14 +170,28 @@ def write_jsonl(rows: list[dict], path: str) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+# The planted data-constrained study: U such that the small dataset is repeated up to ~80 times.
+CONSTRAINED_BUDGETS = (1e15, 1e16, 1e17, 1e18)
+CONSTRAINED_UNIQUE_TOKENS = (1e8, 1e9)
+
+
 def main(argv) -> None:
     del argv
-    write_jsonl(example_summaries(flags.FLAGS.seed), flags.FLAGS.out)
-    print(f"wrote {flags.FLAGS.out}")
+    args = flags.FLAGS
+    if args.kind == "example":
+        rows = example_summaries(args.seed)
+    else:
+        rows = constrained_summaries(ConstrainedLaw(), CONSTRAINED_BUDGETS, CONSTRAINED_UNIQUE_TOKENS,
+                                     seeds=args.seeds, noise=0.005, seed=args.seed)
+    write_jsonl(rows, args.out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
     # Flags live here, not at import, so importing this module beside analysis.report cannot clash.
     flags.DEFINE_string("out", "analysis/example_results.jsonl", "where to write the example results")
     flags.DEFINE_integer("seed", 0, "noise seed")
+    flags.DEFINE_enum("kind", "example", ["example", "data_constrained"],
+                      "example: the quickstart-shaped example; data_constrained: two dataset sizes, repeated epochs")
+    flags.DEFINE_integer("seeds", 1, "training seeds per grid point (data_constrained)")
     app.run(main)

@@ -21,6 +21,7 @@ from absl import app, flags
 import machine
 
 from ehr_jax.data import loader, shards
+from ehr_jax import rundir
 
 _NUM_PATIENTS = flags.DEFINE_integer("num_patients", 4000, "synthetic patients in the train split")
 _MEAN_TOKENS = flags.DEFINE_integer("mean_tokens", 800, "mean tokens per patient")
@@ -38,7 +39,7 @@ def _write_synthetic(root: str, num_patients: int, mean_tokens: int) -> int:
                                     np.arange(n, dtype=np.int64), 4)
                for k, n in enumerate(lengths))
     entries = shards.write_split(records, root, "train", records_per_shard=1000)
-    shards.write_json_atomic(os.path.join(root, shards.MANIFEST),
+    rundir.write_json_atomic(os.path.join(root, shards.MANIFEST),
                              {"splits": {"train": {"shards": entries}}})
     return int(lengths.sum())
 

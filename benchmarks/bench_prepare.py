@@ -1,8 +1,8 @@
-"""Tokenize+shard throughput (events/s) and peak RSS of `ehr_jax.prepare` at two dataset sizes.
+"""Tokenize+shard throughput (events/s) and peak RSS of `ehr_jax.data.prepare` at two dataset sizes.
 
     python benchmarks/bench_prepare.py --subjects=10000,100000 --workdir=/tmp/bench_prepare
 
-Data come from ehr_jax.data.synthetic (generated once per size and cached in --workdir). Each
+Data come from ehr_jax.synthetic (generated once per size and cached in --workdir). Each
 prepare runs in a fresh child process, so its peak RSS is its own: if peak memory stays flat
 while the dataset grows 10x, the pipeline streams. Results go to docs/PERFORMANCE.md by hand.
 events/cpu-s (user+system time of the child, all threads) is the steadier number on a shared machine.
@@ -28,7 +28,7 @@ _CHILD = r"""
 import json, resource, sys, time
 from absl import logging
 logging.set_verbosity(logging.WARNING)
-from ehr_jax import prepare
+from ehr_jax.data import prepare
 start = time.perf_counter()
 manifest = prepare.prepare(sys.argv[1], sys.argv[2])
 seconds = time.perf_counter() - start
@@ -45,7 +45,7 @@ def ensure_data(root: Path, num_subjects: int, seed: int) -> Path:
     meds_dir = root / f"meds-{num_subjects}-{seed}"
     marker = meds_dir / "metadata" / "bench_done"
     if not marker.exists():
-        code = ("import sys; from ehr_jax.data import synthetic; "
+        code = ("import sys; from ehr_jax import synthetic; "
                 "synthetic.generate(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", code, str(meds_dir), str(num_subjects), str(seed)], check=True)

@@ -19,7 +19,7 @@ from absl import app, flags
 
 import machine
 
-from ehr_jax.data import synthetic
+from ehr_jax import synthetic
 
 _SIZES = flags.DEFINE_list("sizes", ["10000", "100000"], "Numbers of subjects to generate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")

@@ -8,7 +8,8 @@ it rehearses a real study without credentialed data. `--dry_run` prints one comm
 
 import ml_collections
 
-from ehr_jax import config_files, grid
+from ehr_jax import config_files
+from ehr_jax.sweep import grid
 
 
 def get_config() -> ml_collections.ConfigDict:

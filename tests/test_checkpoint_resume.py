@@ -21,7 +21,7 @@ STEPS = 12
 def uninterrupted(prepared_dir, tmp_path_factory):
     """The reference: the same run from step 0 to the end without a stop."""
     run_dir = str(tmp_path_factory.mktemp("uninterrupted"))
-    summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir)
+    summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir, prepared_dir)
     return run_dir, summary
 
 
@@ -53,10 +53,10 @@ def test_stop_after_checkpoint_then_rerun_matches_uninterrupted(prepared_dir, tm
 
     monkeypatch.setattr(trainer.TrainLoop, "save", save_then_stop)
     with pytest.raises(_Stop):
-        trainer.run(config, str(tmp_path))
+        trainer.run(config, str(tmp_path), config.data.prepared_dir)
     monkeypatch.setattr(trainer.TrainLoop, "save", save)
     assert not (tmp_path / "summary.json").exists()
-    summary = trainer.run(config, str(tmp_path))  # same command: resumes from step 4
+    summary = trainer.run(config, str(tmp_path), config.data.prepared_dir)  # same command: resumes from step 4
     _assert_same_run(str(tmp_path), summary, uninterrupted)
 
 

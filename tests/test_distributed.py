@@ -27,7 +27,7 @@ CHILD = os.path.join(train_fixtures.REPO, "tests", "train_child.py")
 @pytest.fixture(scope="module")
 def reference(prepared_dir, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("eight_devices"))
-    summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir)
+    summary = trainer.run(train_fixtures.tiny_config(prepared_dir, steps=STEPS), run_dir, prepared_dir)
     assert summary["num_devices"] == 8
     return run_dir
 
@@ -81,5 +81,5 @@ def test_two_processes_match_one_process(prepared_dir, reference, tmp_path):
 def test_fsdp_and_tensor_sharding_matches_data_parallel(prepared_dir, reference, tmp_path):
     config = train_fixtures.tiny_config(prepared_dir, steps=STEPS)
     config.mesh.shape = (2, 2, 2)  # data x fsdp x tensor: weights and Adam moments split
-    trainer.run(config, str(tmp_path))
+    trainer.run(config, str(tmp_path), config.data.prepared_dir)
     _assert_close_runs(str(tmp_path), reference)

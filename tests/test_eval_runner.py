@@ -1,4 +1,4 @@
-"""evaluate(run_dir, config) end to end on a small synthetic dataset and an untrained checkpoint:
+"""evaluate(run_dir, config, prepared_dir) end to end on a small synthetic dataset and an untrained checkpoint:
 what it returns, what it writes (predictions in the meds-evaluation format, summary.json,
 TensorBoard) and what it must never write (subject ids)."""
 
@@ -9,8 +9,8 @@ import os
 import polars as pl
 import pytest
 
-from ehr_jax import prepare
-from ehr_jax.data import synthetic
+from ehr_jax.data import prepare
+from ehr_jax import synthetic
 from ehr_jax.errors import DataError
 from ehr_jax.evaluation import runner
 from ehr_jax.train import checkpoint, optim, trainer
@@ -53,7 +53,7 @@ def run_dir(tmp_path_factory):
 
 def test_evaluate_writes_results_predictions_and_summary(run_dir):
     path, config = run_dir
-    results = runner.evaluate(str(path), config)
+    results = runner.evaluate(str(path), config, config.data.prepared_dir)
     assert set(results) == {"mortality", "long_stay"}
     # A probe needs both classes among the few train cases, which a tiny sample may lack.
     rollouts = {"zero_shot", "zero_shot_resolved"}
@@ -86,10 +86,10 @@ def test_user_labels_for_unknown_subjects_are_refused(run_dir, tmp_path):
     config.eval.labels_dir = str(tmp_path)
     config.eval.tasks = ("mortality",)
     with pytest.raises(DataError, match="not in the dataset"):
-        runner.evaluate(str(path), config)
+        runner.evaluate(str(path), config, config.data.prepared_dir)
 
 
 def test_missing_checkpoint(tmp_path, run_dir):
     _, config = run_dir
     with pytest.raises(DataError, match="no checkpoints"):
-        runner.evaluate(str(tmp_path), config)
+        runner.evaluate(str(tmp_path), config, config.data.prepared_dir)

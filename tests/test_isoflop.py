@@ -152,3 +152,83 @@ def test_three_sizes_give_no_ci_but_keep_the_power_law_replicates():
     # Resamples are redrawn until they hold 3 sizes; without that only 2/9 of this budget's
     # resamples (all three runs drawn) could be fitted, and each joint replicate needs all four.
     assert len(fit.n_opt.boot_exponent) >= 120
+
+
+def _seeded_runs(rng, seeds=4, noise=0.004, noisy_size=None, sizes=7):
+    """One budget, a known parabola in ln N (minimum at 1e6), several seeds per size."""
+    rows = []
+    for i, u in enumerate(np.linspace(-1.5, 1.5, sizes)):
+        n = 1e6 * math.exp(u)
+        for s in range(seeds):
+            sd, shift = (0.3, 0.5) if i == noisy_size else (noise, 0.0)
+            loss = 3.0 + 0.1 * u ** 2 + shift + sd * rng.standard_normal()
+            rows.append({"run_name": f"r{i}", "n_params": n, "n_params_non_embedding": n, "tokens_seen": 1e15 / (6 * n),
+                         "flops": 1e15, "flops_6nd": 1e15, "val_loss": loss, "seed": s,
+                         "grid_point": {"budget": 1e15, "size": str(i)}})
+    return rows
+
+
+def test_seeds_are_read_and_kept_apart():
+    rows = _seeded_runs(np.random.default_rng(0), seeds=3)
+    rows[1] = {**rows[1], "grid_point": {**rows[1]["grid_point"], "seed": 7}}  # grid_point.seed wins
+    rows[2] = {k: v for k, v in rows[2].items() if k != "seed"} | {"run_name": "lone"}  # no seed: seed 0
+    rows.append(dict(rows[0]))  # a rerun of (r0, seed 0): the last line wins
+    dataset = results.to_dataset("mem.jsonl", rows)
+    assert dataset.excluded["duplicate"] == 1
+    assert len(dataset.points) == 21  # same run names, different seeds: different runs
+    assert dataset.points.seed[:3].tolist() == [0, 7, 0]
+    with pytest.raises(DataError, match="mem.jsonl:1: seed='x'"):
+        results.to_dataset("mem.jsonl", [{**rows[0], "seed": "x"}])
+
+
+def test_seed_means_are_weighted_by_their_standard_error():
+    """A size whose seeds disagree wildly (and whose mean is off) barely moves the weighted minimum."""
+    fit = _fit(_seeded_runs(np.random.default_rng(1), noisy_size=5), n_boot=200)
+    profile = fit.profiles[0]
+    assert profile.sizes.noise_model == "seed_spread" and fit.noise_model == "seed_spread"
+    assert profile.sizes.seeds.tolist() == [4] * 7
+    assert profile.sizes.se[5] > 10 * np.delete(profile.sizes.se, 5).max()
+    assert profile.n_opt.value == pytest.approx(1e6, rel=0.05)
+    u = np.log(profile.sizes.n) - profile.center
+    unweighted = isoflop.fit_parabolas(u, profile.sizes.mean, np.ones(7))[0]
+    assert abs(-unweighted[1] / (2 * unweighted[0])) > 0.2  # the plain fit's vertex is pulled > 20% off
+    # That size's mean is off by more than its seeds explain: the misfit is flagged, not hidden.
+    assert profile.chi2_dof > isoflop.MAX_CHI2_DOF and any("misses the seed means" in w for w in fit.warnings)
+
+
+def test_agreeing_seeds_do_not_get_infinite_weight():
+    rows = _seeded_runs(np.random.default_rng(2), seeds=2)
+    rows[1]["val_loss"] = rows[0]["val_loss"]  # size 0's two seeds agree exactly
+    sizes = isoflop.collapse_seeds(*(np.array([r[k] for r in rows]) for k in ("n_params", "val_loss")))
+    assert sizes.se[0] > 0.3 * np.median(sizes.se)  # shrunk toward the pooled spread, not 0
+
+
+def test_seed_bootstrap_tracks_the_seed_noise():
+    """Ten times the seed noise gives about ten times the interval; every replicate keeps every size."""
+    widths = []
+    for noise in (0.002, 0.02):
+        profile = _fit(_seeded_runs(np.random.default_rng(3), noise=noise), n_boot=400).profiles[0]
+        widths.append(np.log(profile.n_opt.hi / profile.n_opt.lo))
+    assert 5 < widths[1] / widths[0] < 20
+
+
+def test_seed_bootstrap_coverage_near_nominal():
+    rng = np.random.default_rng(5)
+    draws = 40
+    covered = sum(_fit(_seeded_runs(rng, seeds=3, noise=0.01), n_boot=100, seed=i).profiles[0].n_opt.covers(1e6)
+                  for i in range(draws))
+    assert 0.75 <= covered / draws <= 1.0
+
+
+def test_dropped_replicates_are_counted_and_reported():
+    """A nearly flat, noisy grid loses minima in some replicates: counted, in fit.json and a warning."""
+    rows = law_summaries(LAW, BUDGETS, sizes_per_budget=7, span_dex=0.6, noise=0.01, seed=2)
+    fit = _fit(rows, n_boot=300)
+    assert fit.noise_model == "residual"
+    assert fit.boot_dropped == 300 - len(fit.n_opt.boot_exponent) > 15
+    assert fit.boot_dropped >= max(p.boot_dropped for p in fit.profiles if p.interior)
+    out = fit.to_json()["bootstrap"]
+    assert out["dropped"] == fit.boot_dropped and out["dropped_fraction"] == pytest.approx(fit.boot_dropped / 300)
+    assert any(f"{fit.boot_dropped} of 300 bootstrap replicates" in w for w in fit.warnings)
+    clean = _fit(law_summaries(LAW, BUDGETS, sizes_per_budget=9, span_dex=1.0, noise=0.002, seed=2), n_boot=300)
+    assert clean.boot_dropped == 0 and clean.to_json()["bootstrap"]["dropped_fraction"] == 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ehr_jax.data import loader, shards
+from ehr_jax import rundir
 from ehr_jax.errors import ConfigError, DataError
 
 SEQ_LEN = 16
@@ -23,7 +24,7 @@ def _write_prepared(root, splits: dict[str, list[shards.PatientRecord]]) -> str:
     for split, records in splits.items():
         entries = shards.write_split(records, root, split, records_per_shard=3)
         manifest["splits"][split] = {"num_subjects": len(records), "shards": entries}
-    shards.write_json_atomic(root / shards.MANIFEST, manifest)
+    rundir.write_json_atomic(root / shards.MANIFEST, manifest)
     return str(root)
 
 

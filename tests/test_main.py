@@ -39,19 +39,25 @@ def test_user_error_prints_message_without_traceback(tmp_path):
 
 
 def test_grid_config_runs_the_sweep_and_plain_config_trains_then_evaluates(monkeypatch, tmp_path):
-    import ml_collections
-
     from ehr_jax import main, sweep
     from ehr_jax.evaluation import runner
+    from ehr_jax.sweep import grid
     from ehr_jax.train import trainer
 
     calls = []
-    monkeypatch.setattr(sweep, "run", lambda config, workdir: calls.append("sweep") or {})
-    monkeypatch.setattr(trainer, "run", lambda config, workdir: calls.append("train") or {"steps": 1})
-    monkeypatch.setattr(runner, "evaluate", lambda workdir, config: calls.append("eval") or {"t": 1})
+    monkeypatch.setattr(main, "prepare_data", lambda data, workdir: calls.append("data") or "/p")
+    monkeypatch.setattr(sweep, "run", lambda config, workdir, prepared, train_fn, evaluate_fn, **kw:
+                        calls.append(("sweep", prepared, train_fn is trainer.run,
+                                      evaluate_fn)) or {"finished": [], "failed": []})
+    monkeypatch.setattr(trainer, "run", lambda config, workdir, prepared:
+                        calls.append(("train", prepared)) or {"steps": 1})
+    monkeypatch.setattr(runner, "evaluate", lambda workdir, config, prepared:
+                        calls.append(("eval", prepared)) or {"t": 1})
     config = train_fixtures.base_config()
     config.eval.enabled = True
     assert main.run(config, str(tmp_path)) == {"steps": 1, "evaluation": {"t": 1}}
-    config.grid = ml_collections.ConfigDict({"budgets": (1e12,)})
+    config.eval.enabled = False
+    config.grid = grid.default_grid()
+    config.grid.analysis = False
     main.run(config, str(tmp_path))
-    assert calls == ["train", "eval", "sweep"]
+    assert calls == ["data", ("train", "/p"), ("eval", "/p"), "data", ("sweep", "/p", True, None)]

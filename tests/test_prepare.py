@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import ml_collections
@@ -15,8 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from meds_fixtures import BASE, frame, patient, small_dataset, write_meds  # noqa: E402
 
-import ehr_jax.data  # noqa: E402
-from ehr_jax import prepare as prep  # noqa: E402
+from ehr_jax.data import prepare as prep  # noqa: E402
 from ehr_jax.data import shards, tokenize  # noqa: E402
 from ehr_jax.errors import ConfigError, DataError  # noqa: E402
 
@@ -92,7 +90,7 @@ def test_bins_are_identical_in_a_fresh_process(tmp_path):
     root = write_meds(tmp_path / "meds", {"train": frame(rows)})
     pl.Series([f"pollute{i}" for i in range(100)]).cast(pl.Categorical)  # unrelated categorical state
     here = prep.prepare(root, tmp_path / "here", **SETTINGS)
-    code = f"from ehr_jax import prepare; print(prepare.prepare({str(root)!r}, {str(tmp_path / 'there')!r}, " \
+    code = f"from ehr_jax.data import prepare; print(prepare.prepare({str(root)!r}, {str(tmp_path / 'there')!r}, " \
            f"**{SETTINGS!r})['tokenizer_hash'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == here["tokenizer_hash"]
@@ -155,46 +153,48 @@ def _config(meds_dir="", prepared_dir=""):
     return config
 
 
-def test_ensure_prepared_generates_synthetic_once(tmp_path, monkeypatch):
+def test_ensure_prepared_writes_meds_once(tmp_path):
     calls = []
 
-    def generate(out_dir, num_subjects, seed, **kwargs):
-        calls.append((num_subjects, seed))
-        small_dataset(Path(out_dir))
-        return {"subjects": 10}
+    def write_meds(meds_dir):
+        calls.append(meds_dir)
+        if not meds_dir.exists():
+            small_dataset(meds_dir)
 
-    fake = types.SimpleNamespace(generate=generate)
-    # `from ehr_jax.data import synthetic` reads the package attribute once another test imported
-    # the real module, so replace both.
-    monkeypatch.setitem(sys.modules, "ehr_jax.data.synthetic", fake)
-    monkeypatch.setattr(ehr_jax.data, "synthetic", fake, raising=False)
-    prepared = prep.ensure_prepared(_config(), tmp_path)
+    config = _config()
+    prepared = prep.ensure_prepared(config.data, tmp_path, write_meds)
     assert prepared == str(tmp_path / "prepared")
     assert shards.read_manifest(prepared)["meds_dir"] == str(tmp_path / "meds")
-    assert prep.ensure_prepared(_config(), tmp_path) == prepared and calls == [(10, 3)]
+    assert prep.ensure_prepared(config.data, tmp_path, write_meds) == prepared
+    assert calls == [tmp_path / "meds"] * 2  # asked each time; the writer itself skips a done dir
 
 
-def test_ensure_prepared_with_the_real_synthetic_generator(tmp_path):
+def test_main_prepares_the_real_synthetic_generator_once(tmp_path, monkeypatch):
+    from ehr_jax import main, synthetic
+
     config = _config()
     config.data.synthetic_subjects = 30
-    prepared = prep.ensure_prepared(config, tmp_path)
+    prepared = main.prepare_data(config.data, str(tmp_path))
     manifest = shards.read_manifest(prepared)
     assert sum(s["num_subjects"] for s in manifest["splits"].values()) <= 30
     assert manifest["splits"]["train"]["num_events"] > 0
     tokens = shards.read_vocab(prepared)
     for name in ("HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "DIAGNOSIS"):
         assert name in tokens
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("generated twice"))
+    assert main.prepare_data(config.data, str(tmp_path)) == prepared
 
 
 def test_ensure_prepared_uses_configured_dirs(tmp_path):
     meds_dir = small_dataset(tmp_path / "meds")
-    prepared = prep.ensure_prepared(_config(meds_dir, tmp_path / "elsewhere"), tmp_path / "work")
+    prepared = prep.ensure_prepared(_config(meds_dir, tmp_path / "elsewhere").data, tmp_path / "work")
     assert prepared == str(tmp_path / "elsewhere") and (tmp_path / "elsewhere" / shards.MANIFEST).exists()
 
 
-def test_cli_prepares_and_reports_errors_without_traceback(tmp_path):
+@pytest.mark.parametrize("module", ["ehr_jax.data.prepare", "ehr_jax.prepare"])  # new and old
+def test_cli_prepares_and_reports_errors_without_traceback(tmp_path, module):
     meds_dir = small_dataset(tmp_path / "meds")
-    cmd = [sys.executable, "-m", "ehr_jax.prepare", f"--meds_dir={meds_dir}", f"--out_dir={tmp_path / 'out'}"]
+    cmd = [sys.executable, "-m", module, f"--meds_dir={meds_dir}", f"--out_dir={tmp_path / 'out'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["train"]["num_subjects"] == 6
@@ -210,12 +210,11 @@ def test_token_types_of_a_prepared_vocab(tmp_path):
     assert {"special", "time", "value", "static", "diagnosis", "lab", "encounter"} <= names
 
 
-def test_ensure_prepared_keeps_a_named_prepared_dir_without_meds_dir(tmp_path, monkeypatch):
+def test_ensure_prepared_keeps_a_named_prepared_dir_without_meds_dir(tmp_path):
     prepared = str(tmp_path / "mine")
     prep.prepare(small_dataset(tmp_path / "meds"), prepared, **SETTINGS)
     before = shards.read_manifest(prepared)
-    fake = types.SimpleNamespace(generate=lambda *a, **k: pytest.fail("generated synthetic data"))
-    monkeypatch.setitem(sys.modules, "ehr_jax.data.synthetic", fake)
-    monkeypatch.setattr(ehr_jax.data, "synthetic", fake, raising=False)
-    assert prep.ensure_prepared(_config("", prepared), tmp_path / "work") == prepared
+    config = _config("", prepared)
+    assert prep.ensure_prepared(config.data, tmp_path / "work",
+                                lambda meds_dir: pytest.fail("wrote MEDS data")) == prepared
     assert shards.read_manifest(prepared) == before

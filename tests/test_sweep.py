@@ -9,7 +9,8 @@ import sys
 import ml_collections
 import pytest
 
-from ehr_jax import grid, sweep
+from ehr_jax import main, rundir, sweep
+from ehr_jax.sweep import commands, grid, loop, registry
 from ehr_jax.errors import ConfigError
 from ehr_jax.model import sizes
 
@@ -57,13 +58,13 @@ class FakeTrainer:
     def __init__(self, fail=(), die_after_summary=()):
         self.calls, self.fail, self.die_after_summary = [], set(fail), set(die_after_summary)
 
-    def __call__(self, cfg, run_dir):
+    def __call__(self, cfg, run_dir, prepared_dir):
         name = os.path.basename(run_dir)
         self.calls.append(name)
         assert cfg.train.flops == cfg.grid_point.budget and cfg.model.size == cfg.grid_point.size
         # Both data dirs pinned: a run must not generate synthetic data into its own run dir.
         assert cfg.data.meds_dir == os.path.join(os.path.dirname(os.path.dirname(run_dir)), "meds")
-        assert cfg.data.prepared_dir.startswith("/")
+        assert cfg.data.prepared_dir.startswith("/") and cfg.data.prepared_dir == prepared_dir
         if name in self.fail:
             raise RuntimeError(f"boom in {name}")
         os.makedirs(run_dir, exist_ok=True)
@@ -77,11 +78,16 @@ class FakeTrainer:
 
 
 def _run(config, workdir, trainer, **kwargs):
-    return sweep.run(config, str(workdir), train_fn=trainer, prepare_fn=_fake_prepare, **kwargs)
+    """The sweep as main runs it (minus the analysis): raises SweepFailed when a run failed."""
+    outcome = sweep.run(config, str(workdir), _fake_prepare(config, str(workdir)), trainer,
+                        **kwargs)
+    if "commands" not in outcome:
+        sweep.raise_if_failed(outcome, str(workdir))
+    return outcome
 
 
 def _result_names(workdir):
-    return [line["run_name"] for line in sweep.read_results(str(workdir))]
+    return [line["run_name"] for line in registry.read_results(str(workdir))]
 
 
 def test_grid_expansion_names_and_token_budgets():
@@ -170,7 +176,7 @@ def test_kill_during_results_write_keeps_the_old_file(tmp_path, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep.os, "replace", killed)
+    monkeypatch.setattr(rundir.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         _run(_config(), tmp_path, FakeTrainer())
     assert (tmp_path / "results.jsonl").read_text() == before  # never half a line
@@ -183,7 +189,7 @@ def test_kill_during_results_write_keeps_the_old_file(tmp_path, monkeypatch):
 def test_evaluation_runs_once_per_finished_run(tmp_path):
     calls = []
 
-    def evaluate(run_dir, cfg):
+    def evaluate(run_dir, cfg, prepared_dir):
         calls.append(os.path.basename(run_dir))
         return {"mortality": {"probe": {"auroc": 0.7}}}
 
@@ -192,7 +198,7 @@ def test_evaluation_runs_once_per_finished_run(tmp_path):
     _run(config, tmp_path, FakeTrainer(), evaluate_fn=evaluate)
     _run(config, tmp_path, FakeTrainer(), evaluate_fn=evaluate)
     assert sorted(calls) == ["c1e11-d32-l1", "c1e11-d48-l2"]
-    for line in sweep.read_results(str(tmp_path)):
+    for line in registry.read_results(str(tmp_path)):
         assert line["evaluation"]["mortality"]["probe"]["auroc"] == 0.7
     summary = json.loads((tmp_path / "runs" / "c1e11-d32-l1" / "summary.json").read_text())
     assert "evaluation" in summary
@@ -201,25 +207,32 @@ def test_evaluation_runs_once_per_finished_run(tmp_path):
 def test_evaluating_a_finished_sweep_updates_its_results_lines(tmp_path):
     config = _config(budgets=(1e11,))
     _run(config, tmp_path, FakeTrainer())
-    assert all("evaluation" not in line for line in sweep.read_results(str(tmp_path)))
+    assert all("evaluation" not in line for line in registry.read_results(str(tmp_path)))
     config.eval.enabled = True
-    _run(config, tmp_path, FakeTrainer(), evaluate_fn=lambda run_dir, cfg: {"mortality": {}})
-    lines = sweep.read_results(str(tmp_path))
+    _run(config, tmp_path, FakeTrainer(), evaluate_fn=lambda run_dir, cfg, prepared_dir: {"mortality": {}})
+    lines = registry.read_results(str(tmp_path))
     assert sorted(line["run_name"] for line in lines) == ["c1e11-d32-l1", "c1e11-d48-l2"]
     assert all(line["evaluation"] == {"mortality": {}} for line in lines)
 
 
-def test_analysis_runs_at_the_end_and_its_failure_is_reported(tmp_path):
+def test_analysis_runs_at_the_end_and_its_failure_is_reported(tmp_path, monkeypatch):
+    from analysis import report
+
     seen = []
     config = _config(budgets=(1e11,), analysis=True)
-    _run(config, tmp_path, FakeTrainer(), report_fn=lambda results, out: seen.append((results, out)))
+    outcome = _run(config, tmp_path, FakeTrainer())
+    monkeypatch.setattr(report, "main_report", lambda results, out: seen.append((results, out)))
+    main.write_analysis(str(tmp_path), outcome)
     assert seen == [(str(tmp_path / "results.jsonl"), str(tmp_path / "analysis"))]
 
     def broken(results, out):
         raise ValueError("too few budgets")
 
+    monkeypatch.setattr(report, "main_report", broken)
+    main.write_analysis(str(tmp_path), outcome)
     with pytest.raises(sweep.SweepFailed, match="analysis"):
-        _run(config, tmp_path, FakeTrainer(), report_fn=broken)
+        sweep.raise_if_failed(outcome, str(tmp_path))
+    assert "too few budgets" in (tmp_path / "failures.jsonl").read_text()
 
 
 def test_only_runs_the_named_runs(tmp_path):
@@ -233,12 +246,12 @@ def test_only_runs_the_named_runs(tmp_path):
 def test_dry_run_commands_round_trip_through_config_flags(tmp_path, capsys):
     config = _config(dry_run=True)
     points = [p for p in grid.expand(config, vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)]
-    commands = sweep.print_commands(points, str(tmp_path), "/abs/prepared",
-                                    "configs/quickstart.py:tiny",
-                                    {"grid.dry_run": True, "train.lr": 0.001})
-    assert capsys.readouterr().out.splitlines() == commands
-    assert (tmp_path / "commands.txt").read_text().splitlines() == commands
-    argv = shlex.split(commands[2])
+    printed = commands.print_commands([p.name for p in points], str(tmp_path), "/abs/prepared",
+                                      "configs/quickstart.py:tiny",
+                                      {"grid.dry_run": True, "train.lr": 0.001})
+    assert capsys.readouterr().out.splitlines() == printed
+    assert (tmp_path / "commands.txt").read_text().splitlines() == printed
+    argv = shlex.split(printed[2])
     assert argv[:3] == ["python", "-m", "ehr_jax.main"]
     # Parse the command's flags the way main does (config_flags needs the global FLAGS).
     parse = ("import sys, json; from absl import flags; from ml_collections import config_flags;"
@@ -250,10 +263,12 @@ def test_dry_run_commands_round_trip_through_config_flags(tmp_path, capsys):
     assert json.loads(out) == ["c3e11-d32-l1", False, 0.001, "/abs/prepared", str(tmp_path)]
 
 
-def test_dry_run_trains_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "_config_flag", lambda: ("configs/quickstart.py", {}))
+def test_dry_run_trains_nothing(tmp_path):
     trainer = FakeTrainer()
-    outcome = _run(_config(dry_run=True), tmp_path, trainer)
+    with pytest.raises(ConfigError, match="--config=FILE"):
+        _run(_config(dry_run=True), tmp_path, trainer)
+    outcome = _run(_config(dry_run=True), tmp_path, trainer,
+                   command_line=("configs/quickstart.py", {}))
     assert trainer.calls == [] and len(outcome["commands"]) == 4
 
 
@@ -300,6 +315,6 @@ def test_eta_separates_per_run_overhead_from_compute():
         return 20.0 + c / 1e10
 
     timings = [(c, seconds(c)) for c in (6e10, 6e10, 2e11)]
-    assert sweep._eta_seconds(timings, [6e11, 6e11]) == pytest.approx(2 * seconds(6e11))
-    assert sweep._eta_seconds(timings[:1], [6e10]) == pytest.approx(seconds(6e10))
-    assert sweep._eta_seconds([], [6e10]) is None
+    assert loop._eta_seconds(timings, [6e11, 6e11]) == pytest.approx(2 * seconds(6e11))
+    assert loop._eta_seconds(timings[:1], [6e10]) == pytest.approx(seconds(6e10))
+    assert loop._eta_seconds([], [6e10]) is None

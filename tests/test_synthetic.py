@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from ehr_jax.data import synthetic
+from ehr_jax import synthetic
 from ehr_jax.errors import ConfigError, DataError
 
 N_SUBJECTS = 600
@@ -211,7 +211,7 @@ def test_bad_arguments_and_existing_output(tmp_path):
 
 def test_cli_writes_dataset(tmp_path):
     out = tmp_path / "cli"
-    result = subprocess.run([sys.executable, "-m", "ehr_jax.data.synthetic", f"--out={out}", "--num_subjects=20", "--seed=1"],
+    result = subprocess.run([sys.executable, "-m", "ehr_jax.synthetic", f"--out={out}", "--num_subjects=20", "--seed=1"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["subjects"] == 20

@@ -61,7 +61,7 @@ def test_learning_rate_from_config_or_width_rule():
 
 def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
     config = train_fixtures.tiny_config(prepared_dir, steps=12)
-    summary = trainer.run(config, str(tmp_path))
+    summary = trainer.run(config, str(tmp_path), config.data.prepared_dir)
     assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "summary.json"} <= set(
         os.listdir(tmp_path))
     assert os.listdir(tmp_path / "tensorboard")
@@ -91,7 +91,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoint(prepare
     config.train.warmup_frac = 0.0
     config.train.checkpoint_every = 1
     with pytest.raises(EhrJaxError, match=r"at step (\d+) is not finite") as error:
-        trainer.run(config, str(tmp_path))
+        trainer.run(config, str(tmp_path), config.data.prepared_dir)
     bad_step = int(error.value.args[0].split("at step ")[1].split()[0])
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert saved and max(saved) < bad_step
@@ -126,5 +126,5 @@ def test_config_mistakes_are_clear_errors_before_training(prepared_dir, tmp_path
     group, name = key.split(".")
     config[group][name] = value
     with pytest.raises(ConfigError, match=message):
-        trainer.run(config, str(tmp_path))
+        trainer.run(config, str(tmp_path), config.data.prepared_dir)
     assert not (tmp_path / "checkpoints").exists()

@@ -34,7 +34,7 @@ def main() -> None:
                 time.sleep(0.5)
 
         trainer.TrainLoop.record = slow_record
-    trainer.run(train_fixtures.tiny_config(prepared_dir, steps=steps), workdir)
+    trainer.run(train_fixtures.tiny_config(prepared_dir, steps=steps), workdir, prepared_dir)
 
 
 if __name__ == "__main__":

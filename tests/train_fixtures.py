@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 
 from ehr_jax import config_files
+from ehr_jax import rundir
 from ehr_jax.data import shards
 
 COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "ehr_jax_test_compile_cache")
@@ -50,8 +51,8 @@ def write_prepared(out_dir: str, *, subjects: int = 24, seed: int = 0) -> str:
         entries = shards.write_split(records, out_dir, split, records_per_shard=10)
         splits[split] = {"num_subjects": subjects, "num_tokens": sum(e["num_tokens"] for e in entries),
                          "num_events": 0, "dropped": {}, "shards": entries}
-    shards.write_json_atomic(os.path.join(out_dir, shards.VOCAB), {"tokens": VOCAB})
-    shards.write_json_atomic(os.path.join(out_dir, shards.MANIFEST), {
+    rundir.write_json_atomic(os.path.join(out_dir, shards.VOCAB), {"tokens": VOCAB})
+    rundir.write_json_atomic(os.path.join(out_dir, shards.MANIFEST), {
         "vocab_size": len(VOCAB), "settings": {}, "tokenizer_hash": "test-hash",
         "meds_dir": "", "provenance": {"etl_name": "test", "etl_version": "0", "meds_version": "0.4"},
         "splits": splits})

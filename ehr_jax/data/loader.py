@@ -191,7 +191,7 @@ def _open_split(prepared_dir: str | os.PathLike, split: str, seq_len: int) -> _W
     if reader.num_records != len(index):
         raise DataError(f"{os.path.join(prepared_dir, split, shards.INDEX)}: lists {len(index)} "
                         f"patients but the shards hold {reader.num_records}; re-run "
-                        f"`python -m ehr_jax.prepare` to rebuild the split")
+                        f"`python -m ehr_jax.data.prepare` to rebuild the split")
     return reader
 
 

@@ -124,7 +124,7 @@ def read_index(prepared_dir: str | os.PathLike, split: str) -> np.ndarray:
     """Structured array (n_tokens, n_prefix) of every record of a split, in shard order."""
     path = Path(prepared_dir) / split / INDEX
     if not path.exists():
-        raise DataError(f"{path}: missing; re-run `python -m ehr_jax.prepare` to rebuild the split")
+        raise DataError(f"{path}: missing; re-run `python -m ehr_jax.data.prepare` to rebuild the split")
     return np.load(path)
 
 
@@ -139,17 +139,10 @@ def iter_records(prepared_dir: str | os.PathLike, split: str) -> Iterator[Patien
             reader.close()
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Writes JSON via a temp file and rename, so a kill never leaves half a file."""
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def read_manifest(prepared_dir: str | os.PathLike) -> dict:
     path = Path(prepared_dir) / MANIFEST
     if not path.exists():
-        raise DataError(f"{path}: no manifest; run `python -m ehr_jax.prepare` first")
+        raise DataError(f"{path}: no manifest; run `python -m ehr_jax.data.prepare` first")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -160,5 +153,5 @@ def read_vocab(prepared_dir: str | os.PathLike) -> list[str]:
     """Token strings; a token's id is its index."""
     path = Path(prepared_dir) / VOCAB
     if not path.exists():
-        raise DataError(f"{path}: no vocabulary; run `python -m ehr_jax.prepare` first")
+        raise DataError(f"{path}: no vocabulary; run `python -m ehr_jax.data.prepare` first")
     return json.loads(path.read_text())["tokens"]

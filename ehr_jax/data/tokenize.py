@@ -195,7 +195,7 @@ class Tokenizer:
         """The tokenizer a prepared dir was made with (evaluation decodes value bins with it)."""
         path = Path(prepared_dir) / TOKENIZER_FILE
         if not path.exists():
-            raise DataError(f"{path}: missing; re-run `python -m ehr_jax.prepare`")
+            raise DataError(f"{path}: missing; re-run `python -m ehr_jax.data.prepare`")
         return cls.from_json(json.loads(path.read_text()))
 
     def hash(self) -> str:

@@ -1,6 +1,6 @@
 """Evaluate a trained run on the clinical tasks: restore, label, predict, score, record.
 
-  evaluate(run_dir, config) -> {task: {method: {auroc, auroc_ci, auprc, auprc_ci, brier,
+  evaluate(run_dir, config, prepared_dir) -> {task: {method: {auroc, auroc_ci, auprc, auprc_ci, brier,
                                                  brier_ci, n_cases, n_positive, prevalence}}}
 
 Methods: zero_shot (ETHOS rollouts: fraction ending in the outcome), zero_shot_resolved (the
@@ -26,7 +26,7 @@ import polars as pl
 from absl import logging
 from flax import nnx
 
-from ehr_jax import prepare
+from ehr_jax import rundir
 from ehr_jax.data import meds, shards
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.evaluation import metrics, probe, tasks, zero_shot
@@ -76,12 +76,11 @@ class EvalSettings:
                    int(config.seed))
 
 
-def evaluate(run_dir: str, config: ml_collections.ConfigDict) -> dict:
+def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str) -> dict:
     """Evaluates the run's latest checkpoint; see the module docstring for what it writes."""
     start = time.perf_counter()
     run_dir = os.path.abspath(run_dir)
     settings = EvalSettings.from_config(config)
-    prepared_dir = prepare.ensure_prepared(config, run_dir)
     vocab = shards.read_vocab(prepared_dir)
     model = restore_model(run_dir, config, len(vocab))
     splits = ("held_out", "train") if settings.probe else ("held_out",)
@@ -277,13 +276,9 @@ def record_results(run_dir: str, results: dict) -> None:
 
     summary.json is only updated, never created: its existence marks a finished run.
     """
-    (Path(run_dir) / "evaluation").mkdir(parents=True, exist_ok=True)
-    shards.write_json_atomic(Path(run_dir) / "evaluation" / "results.json", results)
-    summary_path = Path(run_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    if summary is not None:
-        summary["evaluation"] = results
-        shards.write_json_atomic(summary_path, summary)
+    (Path(run_dir) / rundir.EVALUATION).mkdir(parents=True, exist_ok=True)
+    rundir.write_json_atomic(Path(run_dir) / rundir.EVALUATION / "results.json", results)
+    summary = rundir.merge_into_summary(run_dir, evaluation=results)
     from tensorboardX import SummaryWriter
 
     writer = SummaryWriter(logdir=os.path.join(run_dir, "tensorboard"))

@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from ehr_jax import parallel, prepare
+from ehr_jax import parallel, rundir
 from ehr_jax.data import loader as data_loader
 from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
@@ -54,8 +54,9 @@ class Plan:
         return self.global_batch_size * self.seq_len
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) the run in `workdir` and returns its summary (also summary.json)."""
+def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> dict:
+    """Trains (or resumes) the run in `workdir` on `prepared_dir`; returns its summary (also
+    summary.json)."""
     wall_start = time.perf_counter()
     workdir = os.path.abspath(workdir)
     is_writer = jax.process_index() == 0
@@ -67,8 +68,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           f"multiple of the {batch_shards} batch shards (data x fsdp) of "
                           f"mesh.shape={tuple(config.mesh.shape)}")
 
-    # Data: prepared once (process 0 writes), then every process reads its rows of each batch.
-    prepared_dir = prepare.ensure_prepared(config, workdir)
+    # Data: every process reads its rows of each batch.
     manifest = shards.read_manifest(prepared_dir)
     model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
     plan = make_plan(config, model_cfg)
@@ -80,7 +80,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         max_tokens=config.train.eval_tokens)
     if is_writer:
         os.makedirs(workdir, exist_ok=True)
-        shards.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+        rundir.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
     # Model and optimizer, created directly in their shardings.
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
@@ -134,7 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             wall_s, num_windows=data_loader.num_windows(
                                 prepared_dir, "train", plan.seq_len))
     if is_writer:  # summary.json last: a run dir holding it is done for the sweep
-        shards.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+        rundir.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ehr_jax.data import synthetic_tables as T
-from ehr_jax.data.synthetic_timeline import Stays, Subjects, severity
+from ehr_jax.synthetic import tables as T
+from ehr_jax.synthetic.timeline import Stays, Subjects, severity
 
 SEX_EFFECT = {"hgb": -0.6, "hct": -0.6, "rbc": -0.5, "creat": -0.4, "weight_kg": -0.7, "weight_lbs": -0.7, "ck": -0.3}
 BODY_LABS = ("weight_kg", "weight_lbs", "bmi")

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from ehr_jax.data import synthetic_tables as T
+from ehr_jax.synthetic import tables as T
 
 DAYS_PER_YEAR = 365.25
 EPOCH_YEAR = 1970

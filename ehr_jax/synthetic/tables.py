@@ -1,6 +1,6 @@
 """Clinical tables behind the synthetic generator: conditions, acute problems, measurements, drugs.
 
-Plain data, no numpy: ehr_jax.data.synthetic_vocab turns these into code ids and dense
+Plain data, no numpy: ehr_jax.synthetic.vocab turns these into code ids and dense
 matrices. Item ids, units and drug names follow MIMIC-IV (labevents, chartevents, eMAR, OMR) so
 the generated codes look like the MIMIC-IV MEDS ETL's; effect sizes are invented but signed the
 way clinicians would expect (CKD raises creatinine, cirrhosis lowers platelets, ...).

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ehr_jax.data import synthetic_tables as T
-from ehr_jax.data.synthetic_measure import PRIO_MEASURE, Events
-from ehr_jax.data.synthetic_timeline import Stays, Subjects, Timeline
+from ehr_jax.synthetic import tables as T
+from ehr_jax.synthetic.measure import PRIO_MEASURE, Events
+from ehr_jax.synthetic.timeline import Stays, Subjects, Timeline
 
 # Order of rows that share a minute (PRIO_MEASURE = 5 sits between ICU admission and discharge).
 PRIO_STATIC, PRIO_BIRTH, PRIO_ADMIT, PRIO_ADMIT_INFO, PRIO_ICU_IN = 0, 1, 2, 3, 4

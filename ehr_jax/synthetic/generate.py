@@ -1,12 +1,12 @@
 """Synthetic MIMIC-IV-like MEDS data: the built-in default dataset of ehr-jax.
 
-  python -m ehr_jax.data.synthetic --out=/tmp/meds --num_subjects=5000 --seed=0
+  python -m ehr_jax.synthetic --out=/tmp/meds --num_subjects=5000 --seed=0
 
 Writes a MEDS v0.4 dataset (data/{train,tuning,held_out}/<k>.parquet, metadata/dataset.json,
 codes.parquet, subject_splits.parquet) whose codes are spelled like the MIMIC-IV MEDS ETL's, so
 the tokenizer rules and the clinical tasks serve real data unchanged. The generative model
 (latent factors -> chronic conditions -> stays -> codes and values) lives in the
-synthetic_timeline / synthetic_events / synthetic_measure modules and is described in
+timeline / events / measure modules of this package and is described in
 docs/SYNTHETIC.md. Patients are generated in fixed blocks of BLOCK_SUBJECTS, each with its own
 random stream, so the data of a seed does not depend on subjects_per_shard, and memory stays
 bounded by one block plus one open parquet row group per split.
@@ -40,13 +40,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from absl import app, flags, logging
+from absl import logging
 
-from ehr_jax.data import shards
-from ehr_jax.data import synthetic_events as E
-from ehr_jax.data import synthetic_measure as M
-from ehr_jax.data.synthetic_timeline import sample_subjects, simulate
-from ehr_jax.data.synthetic_vocab import build_vocab
+from ehr_jax import rundir
+from ehr_jax.synthetic import events as E
+from ehr_jax.synthetic import measure as M
+from ehr_jax.synthetic.timeline import sample_subjects, simulate
+from ehr_jax.synthetic.vocab import build_vocab
 from ehr_jax.errors import ConfigError, DataError
 
 CODE_PREFIXES = (
@@ -196,7 +196,7 @@ def _write_metadata(out_dir: Path, vocab, counts: np.ndarray, split: np.ndarray,
     pq.write_table(splits, out_dir / meds.subject_splits_filepath)
     metadata = {"dataset_name": DATASET_NAME, "dataset_version": f"seed={seed},subjects={len(split)}",
                 "etl_name": ETL_NAME, "etl_version": package_version(), "meds_version": meds.__version__}
-    shards.write_json_atomic(out_dir / meds.dataset_metadata_filepath, metadata)
+    rundir.write_json_atomic(out_dir / meds.dataset_metadata_filepath, metadata)
 
 
 def _block_parts(seed: int, block: int, first: int, n: int, split: np.ndarray, code_strings: pa.Array,
@@ -256,29 +256,3 @@ def generate(out_dir: str | os.PathLike, num_subjects: int, seed: int = 0, subje
     _write_metadata(out, vocab, counts, split, seed)
     return {"subjects": num_subjects, "events": int(counts.sum()), "codes": int((counts > 0).sum()),
             "splits": {w.split: {"subjects": w.subjects, "events": w.events, "files": w.files} for w in writers}}
-
-
-def _define_flags() -> None:
-    """CLI flags, defined only when run as a script so importers' flag sets stay clean."""
-    flags.DEFINE_string("out", None, "Output MEDS root directory.")
-    flags.DEFINE_integer("num_subjects", 5000, "Patients to generate.")
-    flags.DEFINE_integer("seed", 0, "Random seed (same seed and size give the same data).")
-    flags.DEFINE_integer("subjects_per_shard", 10_000, "Patients per parquet file.")
-    flags.DEFINE_bool("overwrite", False, "Replace data/ and metadata/ if the output exists.")
-
-
-def main(argv) -> None:
-    del argv
-    f = flags.FLAGS
-    if not f.out:
-        raise app.UsageError("--out is required")
-    try:
-        counts = generate(f.out, f.num_subjects, f.seed, f.subjects_per_shard, f.overwrite)
-    except (ConfigError, DataError) as e:
-        raise app.UsageError(str(e)) from None
-    print(json.dumps(counts, indent=2))
-
-
-if __name__ == "__main__":
-    _define_flags()
-    app.run(main)

@@ -1,6 +1,6 @@
 """Code vocabulary and dense parameter arrays of the synthetic generator.
 
-Built once from ehr_jax.data.synthetic_tables plus seed-independent pools of rare codes, so a
+Built once from ehr_jax.synthetic.tables plus seed-independent pools of rare codes, so a
 code's id (and the code list written to codes.parquet) never depends on the data seed.
 """
 
@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from ehr_jax.data import synthetic_tables as T
+from ehr_jax.synthetic import tables as T
 
 N_DX_POOL10, N_DX_POOL9, N_PX_POOL10, N_PX_POOL9 = 2800, 900, 450, 150
 POOL_SEED = 20260101  # fixed: the rare-code pools are part of the generator, not of a dataset

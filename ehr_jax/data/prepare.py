@@ -1,0 +1,225 @@
+"""MEDS dataset -> prepared dir (ArrayRecord shards per split, manifest.json, vocab.json).
+
+    python -m ehr_jax.data.prepare --meds_dir=DIR --out_dir=DIR
+
+Streams: one pass over the train files fits the tokenizer, then every split is encoded batch by
+batch (about meds.BATCH_ROWS rows of whole subjects), so memory does not grow with the dataset.
+Idempotent: a manifest whose input fingerprint (paths, sizes, mtimes) and settings hash match
+is reused. The manifest is written last, so a killed run leaves no manifest and is redone.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from ehr_jax.data import meds, shards, tokenize, vocab
+from ehr_jax.errors import ConfigError, DataError, EhrJaxError
+from ehr_jax import rundir
+
+
+
+def prepare(meds_dir: str | os.PathLike, out_dir: str | os.PathLike, *, min_code_count: int = 10,
+            num_quantiles: int = 10, records_per_shard: int = 2000) -> dict:
+    """Tokenizes a MEDS dataset into shards; returns the manifest (reused when up to date).
+
+    A lock file serialises concurrent calls on one machine (e.g. parallel runs of a sweep).
+    """
+    settings = _check_settings(min_code_count, num_quantiles, records_per_shard)
+    ds = meds.open_dataset(meds_dir)
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fingerprint, settings_hash = _input_fingerprint(ds), _settings_hash(settings)
+        existing = _reusable_manifest(out_dir, fingerprint, settings_hash)
+        if existing is not None:
+            logging.info("Reusing %s: same inputs and settings (tokenizer %s)", out_dir, existing["tokenizer_hash"])
+            return existing
+        _clear_outputs(out_dir)
+        return _build(ds, out_dir, settings, {"settings_hash": settings_hash, "input_fingerprint": fingerprint})
+
+
+def _build(ds: meds.MedsDataset, out_dir: Path, settings: dict, hashes: dict) -> dict:
+    """Fit on train, then encode every split; the manifest is written last."""
+    start = time.perf_counter()
+    min_code_count, num_quantiles = settings["min_code_count"], settings["num_quantiles"]
+    records_per_shard = settings["records_per_shard"]
+    train_dropped: collections.Counter = collections.Counter()
+    tok = vocab.fit(meds.iter_split_frames(ds, "train", train_dropped),
+                    min_code_count=min_code_count, num_quantiles=num_quantiles)
+    splits = {}
+    for split in meds.SPLITS:
+        splits[split] = _write_split(ds, tok, out_dir, split, records_per_shard, train_dropped)
+        if splits["train"]["num_subjects"] == 0:
+            raise DataError(f"{ds.root}: the train split has no subjects with timed events; "
+                            "expected at least one to fit the vocabulary")
+    rundir.write_json_atomic(out_dir / shards.VOCAB, {"tokens": tok.tokens})
+    rundir.write_json_atomic(out_dir / tokenize.TOKENIZER_FILE, tok.to_json())
+    manifest = {"vocab_size": len(tok.tokens), "settings": settings, **hashes,
+                "tokenizer_hash": tok.hash(), "tokenizer_version": tokenize.TOKENIZER_VERSION,
+                "meds_dir": str(ds.root), "layout": ds.layout, "provenance": meds.provenance(ds),
+                "ignored_files": len(ds.ignored_files), "splits": splits}
+    rundir.write_json_atomic(out_dir / shards.MANIFEST, manifest)
+    seconds = time.perf_counter() - start
+    events = sum(s["num_events"] for s in splits.values())
+    logging.info("Prepared %s: vocab %d, %d events in %.1fs (%.0f events/s)", out_dir, len(tok.tokens),
+                 events, seconds, events / max(seconds, 1e-9))
+    return manifest
+
+
+def _check_settings(min_code_count: int, num_quantiles: int, records_per_shard: int) -> dict:
+    for key, value, low in (("data.min_code_count", min_code_count, 1), ("data.num_quantiles", num_quantiles, 1),
+                            ("data.records_per_shard", records_per_shard, 1)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ConfigError(f"{key}={value!r}; expected an integer >= {low}")
+    return {"min_code_count": int(min_code_count), "num_quantiles": int(num_quantiles),
+            "records_per_shard": int(records_per_shard), "reservoir_size": vocab.RESERVOIR_SIZE,
+            "tokenizer_version": tokenize.TOKENIZER_VERSION}
+
+
+def _settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _input_fingerprint(ds: meds.MedsDataset) -> str:
+    """Hash of every input file's path, size and mtime: cheap, and changes when a file does."""
+    entries = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in ds.input_files()]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def _reusable_manifest(out_dir: Path, fingerprint: str, settings_hash: str) -> dict | None:
+    if not (out_dir / shards.MANIFEST).exists():
+        return None
+    try:
+        manifest = shards.read_manifest(out_dir)
+    except EhrJaxError:
+        return None
+    same = (manifest.get("input_fingerprint") == fingerprint
+            and manifest.get("settings_hash") == settings_hash)
+    needed = [out_dir / shards.VOCAB, out_dir / tokenize.TOKENIZER_FILE]
+    needed += [out_dir / split / shards.INDEX for split in manifest.get("splits", {})]
+    needed += [out_dir / s["path"] for split in manifest.get("splits", {}).values() for s in split["shards"]]
+    complete = all(path.exists() for path in needed)
+    if not same:
+        logging.info("%s: inputs or settings changed; re-preparing", out_dir)
+    return manifest if same and complete else None
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Removes our own outputs only (the manifest first), so a stale shard is never reused."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (shards.MANIFEST, shards.VOCAB, tokenize.TOKENIZER_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    for split in meds.SPLITS:
+        if (out_dir / split).is_dir():
+            shutil.rmtree(out_dir / split)
+
+
+def _write_split(ds: meds.MedsDataset, tok: tokenize.Tokenizer, out_dir: Path, split: str,
+                 records_per_shard: int, fit_dropped: collections.Counter) -> dict:
+    stats = {"num_subjects": 0, "num_tokens": 0, "num_events": 0, "num_unk_tokens": 0}
+    dropped: collections.Counter = collections.Counter()
+
+    def records() -> Iterator[shards.PatientRecord]:
+        for frame in meds.iter_split_frames(ds, split, dropped):
+            encoded = tok.encode_frame(frame)
+            stats["num_subjects"] += len(encoded.subject_ids)
+            stats["num_tokens"] += len(encoded.tokens)
+            stats["num_events"] += encoded.num_events
+            stats["num_unk_tokens"] += int((encoded.tokens == tok.token_id[tokenize.UNK]).sum())
+            dropped["rows_of_subjects_without_timed_events"] += encoded.dropped_rows
+            yield from encoded.records()
+
+    shard_entries = shards.write_split(records(), out_dir, split, records_per_shard)
+    if split == "train":  # rows outside every split are only seen (and counted) on the fit pass
+        dropped["subject_not_in_subject_splits"] = fit_dropped["subject_not_in_subject_splits"]
+    dropped = {reason: n for reason, n in sorted(dropped.items()) if n}
+    if dropped:
+        logging.warning("%s split: dropped rows %s", split, dropped)
+    logging.info("%s split: %d subjects, %d events, %d tokens in %d shards", split, stats["num_subjects"],
+                 stats["num_events"], stats["num_tokens"], len(shard_entries))
+    return {**stats, "dropped": dropped, "shards": shard_entries}
+
+
+def ensure_prepared(data: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                    write_meds: Callable[[Path], None] | None = None) -> str:
+    """The prepared dir of config group `data` (built if missing or stale); returns its path.
+
+    data.meds_dir "" means <workdir>/meds, written first by `write_meds(meds_dir)` (main passes
+    the synthetic generator). Process 0 writes while the others wait at a barrier. A process that
+    then finds no manifest (hosts without a shared filesystem) prepares its own copy: the output
+    is deterministic.
+    """
+    import jax  # deferred: the CLI and data tests do not need a JAX backend
+
+    workdir = Path(workdir).expanduser().resolve()
+    meds_dir = Path(data.meds_dir).expanduser() if data.meds_dir else workdir / "meds"
+    prepared_dir = Path(data.prepared_dir).expanduser() if data.prepared_dir else workdir / "prepared"
+    if data.prepared_dir and not data.meds_dir and (prepared_dir / shards.MANIFEST).exists():
+        # A prepared dir named without its MEDS source is used as it is: regenerating synthetic
+        # data into it would overwrite what the user prepared from their own dataset.
+        logging.info("Using the prepared data in %s as it is (config.data.meds_dir is empty)",
+                     prepared_dir)
+        return str(prepared_dir)
+
+    def build() -> None:
+        if not data.meds_dir and write_meds is not None:
+            write_meds(meds_dir)
+        prepare(meds_dir, prepared_dir, min_code_count=data.min_code_count,
+                num_quantiles=data.num_quantiles, records_per_shard=data.records_per_shard)
+
+    error = None
+    if jax.process_index() == 0:
+        try:
+            build()
+        except Exception as e:  # still reach the barrier, so other processes fail instead of hanging
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("ehr_jax.data.prepare.ensure_prepared")
+        if jax.process_index() != 0 and not (prepared_dir / shards.MANIFEST).exists():
+            build()
+    if error is not None:
+        raise error
+    return str(prepared_dir)
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a program (like every CLI of ehr_jax)."""
+    flags.DEFINE_string("meds_dir", None, "MEDS dataset root (data/, metadata/).")
+    flags.DEFINE_string("out_dir", None, "Prepared dir to write (shards, manifest, vocab).")
+    flags.DEFINE_integer("min_code_count", 10, "Tokens seen fewer times in train become [UNK].")
+    flags.DEFINE_integer("num_quantiles", 10, "Value bins per numeric code.")
+    flags.DEFINE_integer("records_per_shard", 2000, "Patients per ArrayRecord shard.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    if not f.meds_dir or not f.out_dir:
+        sys.exit("usage: python -m ehr_jax.data.prepare --meds_dir=DIR --out_dir=DIR")
+    try:
+        manifest = prepare(f.meds_dir, f.out_dir, min_code_count=f.min_code_count,
+                           num_quantiles=f.num_quantiles, records_per_shard=f.records_per_shard)
+    except EhrJaxError as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps({s: {k: v for k, v in m.items() if k != "shards"} for s, m in manifest["splits"].items()},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,88 @@
+"""Clinical evaluation of a trained run, from its checkpoint.
+
+  python -m ehr_jax.evaluation --workdir=runs/smoke
+  python -m ehr_jax.evaluation --workdir=runs/smoke --config.eval.num_rollouts=5 \
+      --config.eval.max_cases=100
+
+Reads RUN_DIR/config.json (the run's own config), applies --config.eval.* overrides (any key of
+configs/base.py's eval group, type-checked by ml_collections), and merges the results into
+RUN_DIR/summary.json["evaluation"] (see ehr_jax.evaluation.runner).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ehr_jax import config_files, rundir
+from ehr_jax.data import shards
+from ehr_jax.errors import ConfigError, EhrJaxError
+
+_BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "base.py"
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a program (like every CLI of ehr_jax)."""
+    flags.DEFINE_string("workdir", None, "Run directory holding config.json and checkpoints/.")
+    config_flags.DEFINE_config_dict(
+        "config", config_files.load_sibling(str(_BASE_CONFIG)),
+        "Only --config.eval.KEY=VALUE overrides: the rest is the run's own config.json.")
+    flags.mark_flags_as_required(["workdir"])
+
+
+def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with (written by the trainer as config.json)."""
+    path = os.path.join(run_dir, rundir.CONFIG)
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: missing; --workdir must be a run directory made by ehr_jax.main")
+    try:
+        return ml_collections.ConfigDict(json.loads(open(path).read()))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def with_eval_overrides(config: ml_collections.ConfigDict,
+                        overrides: dict) -> ml_collections.ConfigDict:
+    """The run's config with --config.eval.* values applied; any other key is refused."""
+    for key, value in overrides.items():
+        group, _, name = key.partition(".")
+        if group != "eval":
+            raise ConfigError(f"--config.{key}: evaluation uses the run's own config.json; only "
+                              "--config.eval.* keys can be overridden here")
+        config.eval[name] = value
+    return config
+
+
+def prepared_dir_of(run_dir: str, config: ml_collections.ConfigDict) -> str:
+    """Where the run's tokenized data lives: the sweep's prepared dir, or <run_dir>/prepared."""
+    prepared = config.data.prepared_dir or os.path.join(run_dir, "prepared")
+    shards.read_manifest(prepared)  # a clear error when it is gone
+    return prepared
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from ehr_jax.evaluation import runner  # after flag parsing: keeps --help fast
+
+    run_dir = flags.FLAGS.workdir
+    try:
+        config = with_eval_overrides(load_run_config(run_dir),
+                                     config_flags.get_override_values(flags.FLAGS["config"]))
+        results = runner.evaluate(run_dir, config, prepared_dir_of(run_dir, config))
+    except EhrJaxError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    logging.info("evaluation written to %s", os.path.join(run_dir, rundir.SUMMARY))
+    print(json.dumps({task: {m: {k: v[k] for k in ("auroc", "auroc_ci", "n_cases")}
+                             for m, v in methods.items()} for task, methods in results.items()},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

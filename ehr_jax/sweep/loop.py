@@ -1,0 +1,205 @@
+"""The sweep: every grid point trained in turn by the single-run trainer, safe to kill and rerun.
+
+  python -m ehr_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
+
+A run dir with summary.json is done and never retrained; an interrupted run resumes from its own
+checkpoints (the trainer does that); a failing run is recorded in failures.jsonl and the others
+go on; results.jsonl holds one line per finished run (ehr_jax.sweep.registry). The stages come in
+as functions (main passes the trainer and the evaluator), so the sweep imports neither.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import ml_collections
+from absl import logging
+
+from ehr_jax import rundir
+from ehr_jax.data import shards
+from ehr_jax.errors import ConfigError, EhrJaxError
+from ehr_jax.sweep import commands, registry
+from ehr_jax.sweep import grid as grid_lib
+
+TrainFn = Callable[[ml_collections.ConfigDict, str, str], dict]  # (config, run_dir, prepared_dir)
+EvaluateFn = Callable[[str, ml_collections.ConfigDict, str], dict]  # (run_dir, config, prepared)
+
+
+class SweepFailed(EhrJaxError):
+    """Some runs failed; the others finished. Rerunning the command retries only the failed."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """The grid keys a sweep needs, checked before any data is made."""
+    for key in ("budgets", "sizes", "min_steps", "max_epochs", "only", "dry_run", "analysis"):
+        if key not in config.grid:
+            raise ConfigError(f"config.grid.{key} is missing; see configs/quickstart.py")
+    if not config.data.meds_dir and config.data.synthetic_subjects <= 0:
+        raise ConfigError(
+            "config.data.meds_dir is empty and config.data.synthetic_subjects is 0: pass your "
+            "MEDS dataset root, e.g. --config.data.meds_dir=/path/to/MIMIC-IV-MEDS")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str, train_fn: TrainFn,
+        evaluate_fn: EvaluateFn | None = None, *, dry_run: bool = False,
+        command_line: tuple[str, dict] | None = None) -> dict:
+    """Trains (or, with dry_run, prints a command for) every kept grid point.
+
+    Returns {"finished", "trained", "failed", "skipped"} run names, or {"commands"} for a dry
+    run. command_line: the --config file and its overrides, which dry-run commands repeat.
+    """
+    check_config(config)
+    workdir, prepared_dir = os.path.abspath(workdir), os.path.abspath(prepared_dir)
+    points = _plan(config, workdir, prepared_dir)
+    if dry_run or config.grid.dry_run:
+        if command_line is None:
+            raise ConfigError("a dry run prints `ehr_jax.main --config=...` commands, so it needs "
+                              "the sweep started from `python -m ehr_jax.main --config=FILE`")
+        return {"commands": commands.print_commands([p.name for p in points], workdir,
+                                                    prepared_dir, *command_line,
+                                                    write=_is_writer())}
+    if config.grid.get("compilation_cache", False):
+        _enable_compilation_cache(workdir)
+    if _is_writer():
+        registry.sync_results(workdir, [p.name for p in points])
+    meds_dir = shards.read_manifest(prepared_dir).get("meds_dir", "")
+    return _run_points(config, workdir, (prepared_dir, meds_dir), points, train_fn, evaluate_fn)
+
+
+def raise_if_failed(outcome: dict, workdir: str) -> None:
+    """SweepFailed naming the failed runs (and where their errors are), if any failed."""
+    if outcome.get("failed"):
+        total = len(outcome["finished"]) + len(outcome["failed"])
+        raise SweepFailed(
+            f"{len(outcome['failed'])} of {total} runs failed "
+            f"({', '.join(outcome['failed'])}); errors in {Path(workdir) / rundir.FAILURES}. "
+            f"Rerun the same command to retry them (finished runs are kept).")
+
+
+def _plan(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> list:
+    """Expands the grid, logs and files the skipped points, applies grid.only."""
+    manifest = shards.read_manifest(prepared_dir)
+    train_tokens = manifest["splits"]["train"]["num_tokens"]
+    points = grid_lib.expand(config, vocab_size=manifest["vocab_size"], train_tokens=train_tokens)
+    skipped = [p for p in points if p.skip_reason]
+    for p in skipped:
+        logging.warning("Sweep: leaving out %s: %s", p.name, p.skip_reason)
+    if _is_writer():
+        os.makedirs(workdir, exist_ok=True)
+        rundir.write_json_atomic(Path(workdir) / rundir.SKIPPED, [p.as_dict() for p in skipped])
+    kept = [p for p in points if not p.skip_reason]
+    if config.grid.only:
+        wanted = [name.strip() for name in config.grid.only.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - {p.name for p in kept})
+        if unknown:
+            raise ConfigError(
+                f"config.grid.only names {', '.join(unknown)}, not runs of this grid; the grid "
+                f"has {', '.join(p.name for p in kept)}")
+        kept = [p for p in kept if p.name in wanted]
+    logging.info("Sweep: %d runs (%.3g training FLOPs), %d left out (listed in %s)", len(kept),
+                 sum(p.budget for p in kept), len(skipped), Path(workdir) / rundir.SKIPPED)
+    return kept
+
+
+def _run_points(config, workdir, data_dirs, points, train_fn, evaluate_fn) -> dict:
+    """Every point in order; finished ones skipped, failures recorded, progress with ETA.
+
+    data_dirs: (prepared_dir, meds_dir) shared by every run.
+    """
+    outcome = {"finished": [], "trained": [], "failed": [], "skipped": []}
+    total_flops = sum(p.budget for p in points)
+    done_flops, timings = 0.0, []  # timings: (budget, seconds) of runs trained now
+    start = time.monotonic()
+    for i, point in enumerate(points, 1):
+        run_dir = os.path.join(workdir, rundir.RUNS, point.name)
+        already_done = os.path.exists(os.path.join(run_dir, rundir.SUMMARY))
+        logging.info("Sweep run %d/%d %s: C=%.3g FLOPs, N=%d, D=%.3g tokens, %d steps, "
+                     "%.2f epochs%s", i, len(points), point.name, point.budget, point.n_params,
+                     point.tokens, point.steps, point.epochs,
+                     " (finished before, skipping)" if already_done else "")
+        cfg = grid_lib.run_config(config, point, *data_dirs)
+        try:
+            if not already_done:
+                run_start = time.monotonic()
+                train_fn(cfg, run_dir, data_dirs[0])
+                timings.append((point.budget, time.monotonic() - run_start))
+                outcome["trained"].append(point.name)
+            summary = _evaluated_summary(run_dir, cfg, data_dirs[0], evaluate_fn)
+            if _is_writer():
+                registry.record_result(workdir, summary, point.name)
+            outcome["finished"].append(point.name)
+        except Exception as e:  # one run failing must not stop the others  # noqa: BLE001
+            logging.exception("Sweep run %s failed; going on with the others", point.name)
+            if _is_writer():
+                registry.record_failure(workdir, point.name, e)
+            outcome["failed"].append(point.name)
+        done_flops += point.budget
+        eta = _eta_seconds(timings, [p.budget for p in points[i:]])
+        logging.info("Sweep progress: %d/%d runs, %.1f%% of FLOPs, %s elapsed%s", i, len(points),
+                     100.0 * done_flops / total_flops if total_flops else 100.0,
+                     _clock(time.monotonic() - start), f", ETA {_clock(eta)}" if eta else "")
+    return outcome
+
+
+def _enable_compilation_cache(workdir: str) -> None:
+    """Runs of one size share their init and eval programs, and a rerun shares everything:
+    JAX's persistent cache turns those recompiles (seconds each on CPU) into file reads."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:  # the user chose one (JAX_COMPILATION_CACHE_DIR)
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _eta_seconds(timings: list[tuple[float, float]], remaining: list[float]) -> float | None:
+    """Seconds left, from a fit seconds = overhead + budget / rate over this session's runs.
+
+    The overhead term (set-up, compile, final validation) matters: small runs are mostly
+    overhead, so a FLOPs-only rate would overstate the time left after them.
+    """
+    if not timings or not remaining:
+        return None
+    budgets, seconds = zip(*timings)
+    per_flop = sum(seconds) / sum(budgets)
+    overhead = 0.0
+    if len(set(budgets)) > 1:
+        mean_c, mean_s = sum(budgets) / len(budgets), sum(seconds) / len(seconds)
+        cov = sum((c - mean_c) * (t - mean_s) for c, t in timings)
+        var = sum((c - mean_c) ** 2 for c in budgets)
+        slope = cov / var
+        if slope > 0 and mean_s - slope * mean_c > 0:
+            per_flop, overhead = slope, mean_s - slope * mean_c
+    return sum(overhead + per_flop * c for c in remaining)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _evaluated_summary(run_dir: str, cfg: ml_collections.ConfigDict, prepared_dir: str,
+                       evaluate_fn: EvaluateFn | None) -> dict:
+    """summary.json, with evaluation merged in (once) when it is asked for and not there yet."""
+    summary = rundir.read_summary(run_dir)
+    if summary is None:
+        raise RuntimeError(f"{Path(run_dir) / rundir.SUMMARY}: the trainer returned without "
+                           "writing its summary")
+    if evaluate_fn is not None and not summary.get("evaluation"):
+        evaluation = evaluate_fn(run_dir, cfg, prepared_dir)
+        summary = rundir.read_summary(run_dir)  # the evaluator may have merged it itself
+        if not summary.get("evaluation"):
+            summary["evaluation"] = evaluation
+            if _is_writer():
+                rundir.merge_into_summary(run_dir, evaluation=evaluation)
+    return summary
+
+
+def _is_writer() -> bool:
+    """Only process 0 writes the sweep's files (every process trains every run together)."""
+    import jax
+
+    return jax.process_index() == 0

@@ -1,0 +1,38 @@
+"""CLI of the synthetic generator.
+
+  python -m ehr_jax.synthetic --out=/tmp/meds --num_subjects=5000 --seed=0
+"""
+
+import json
+
+from absl import app, flags
+
+from ehr_jax.errors import ConfigError, DataError
+from ehr_jax.synthetic import generate
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a program (like every CLI of ehr_jax)."""
+    flags.DEFINE_string("out", None, "Output MEDS root directory.")
+    flags.DEFINE_integer("num_subjects", 5000, "Patients to generate.")
+    flags.DEFINE_integer("seed", 0, "Random seed (same seed and size give the same data).")
+    flags.DEFINE_integer("subjects_per_shard", 10_000, "Patients per parquet file.")
+    flags.DEFINE_bool("overwrite", False, "Replace data/ and metadata/ if the output exists.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flags.FLAGS
+    if not f.out:
+        raise app.UsageError("--out is required")
+    try:
+        counts = generate(f.out, f.num_subjects, f.seed, f.subjects_per_shard, f.overwrite)
+    except (ConfigError, DataError) as e:
+        raise app.UsageError(str(e)) from None
+    print(json.dumps(counts, indent=2))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
