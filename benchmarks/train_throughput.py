@@ -17,6 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from ehr_jax import config_files, parallel
+from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import optim, trainer
 
@@ -81,7 +82,7 @@ def measure(size_name: str, peak: float) -> dict:
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    graphdef, state, state_sharding = trainer.init_state(model_cfg, tx, mesh, seed=0)
+    graphdef, state, state_sharding = model_init.init(model_cfg, mesh, 0, tx)
     batch_sharding = parallel.batch_sharding(mesh)
     schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
     step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)

@@ -77,9 +77,9 @@ def test_triton_kernel_matches_reference_under_a_mesh():
     mesh = parallel.make_mesh((2, 2, 2))
     fn = jax.jit(lambda q, k, v: A.attention(q, k, v, segment_ids_BxL=segments,
                                              implementation="triton", interpret=True))
+    assert parallel.logical_spec(("batch", None, "kv_heads", None), qkv[1].shape, mesh, "k") == \
+        jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
     with jax.set_mesh(mesh):
-        assert parallel.fitted_spec(qkv[1].shape, ("batch", None, "kv_heads", None)) == \
-            jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
         _assert_matches_reference(fn, qkv, segments, cotangent)
 
 

@@ -59,9 +59,12 @@ def test_learning_rate_from_config_or_width_rule():
 
 def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
     config = train_fixtures.tiny_config(prepared_dir, steps=12)
+    config.train.profile_steps = (2, 3)
     summary = trainer.run(config, str(tmp_path), config.data.prepared_dir)
-    assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "summary.json"} <= set(
-        os.listdir(tmp_path))
+    assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "summary.json",
+            "profile"} <= set(os.listdir(tmp_path))
+    traces = [name for _, _, names in os.walk(tmp_path / "profile") for name in names]
+    assert any(name.endswith(".xplane.pb") for name in traces), traces
     assert os.listdir(tmp_path / "tensorboard")
     assert SUMMARY_FIELDS <= set(summary)
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 12

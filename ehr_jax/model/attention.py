@@ -288,9 +288,11 @@ def chunked(q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL=None, *,
 
 def _per_device(kernel, q, k, v, segment_ids):
     """Run a Pallas kernel on each device's shard under a mesh (XLA cannot partition it)."""
-    spec = parallel.fitted_spec(k.shape, ("batch", "length", "kv_heads", "head_dim"))
-    if spec is None:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
         return kernel(q, k, v, segment_ids)
+    spec = parallel.logical_spec(("batch", "length", "kv_heads", "head_dim"), k.shape, mesh,
+                                 "attention keys")
     # KV heads split over the tensor axis imply the query heads split the same way (H = G KV).
     seg_spec = jax.sharding.PartitionSpec(spec[0], None)
     if segment_ids is None:

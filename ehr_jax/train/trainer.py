@@ -26,8 +26,10 @@ from ehr_jax import parallel, rundir
 from ehr_jax.data import loader as data_loader
 from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
+from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import checkpoint, metrics, optim
+from ehr_jax.train.profiler import StepProfiler
 
 Batch = dict[str, np.ndarray]
 
@@ -84,7 +86,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
 
     # Model and optimizer, created directly in their shardings.
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    graphdef, state, state_sharding = init_state(model_cfg, tx, mesh, config.seed)
+    graphdef, state, state_sharding = model_init.init(model_cfg, mesh, config.seed, tx)
     batch_sharding = parallel.batch_sharding(mesh)
     schedule = optim.learning_rate_schedule(
         plan.peak_lr, plan.steps, config.train.warmup_frac, config.train.min_lr_ratio)
@@ -113,8 +115,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     chrono = metrics.Chrono(plan.steps, plan.tokens_per_step,
                             plan.tokens_per_step * plan.flops_per_token, peak_total)
     writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
+    profiler = StepProfiler(workdir, config.train.profile_steps, enabled=is_writer)
     loop = TrainLoop(plan, config.train, train_step, eval_step, loader, val_batches,
-                     batch_sharding, checkpointer, writer, chrono, meta)
+                     batch_sharding, checkpointer, writer, chrono, meta, profiler)
     try:
         # Steps trace under the mesh so the model's activation constraints apply.
         with jax.set_mesh(mesh):
@@ -161,22 +164,6 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
                 n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
 
 
-def init_state(model_cfg: transformer.ModelConfig, tx: optax.GradientTransformation,
-               mesh: jax.sharding.Mesh, seed: int) -> tuple[nnx.GraphDef, nnx.State, Any]:
-    """(graphdef, state, state shardings) of model + optimizer, initialised in place.
-
-    Initialising under jit with out_shardings means no host ever holds the whole model.
-    """
-    def create():
-        model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
-    state_sharding = parallel.state_shardings(abstract_state, mesh)
-    state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sharding)()
-    return graphdef, state, state_sharding
-
-
 def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
                         mask_BxL: jax.Array) -> jax.Array:
     """Per-position cross-entropy (float32), zero where the mask is 0."""
@@ -185,11 +172,12 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return losses_BxL * mask_BxL
 
 
-def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any,
+def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any, batch_sharding: Any,
                     schedule: optax.Schedule) -> Callable:
-    """jit'd (state, batch) -> (state, metrics); the state is donated (updated in place)."""
+    """jit'd (state, batch) -> (state, metrics); the state (model, optimizer) is donated
+    (updated in place)."""
     def train_step(state, batch):
-        model, optimizer = nnx.merge(graphdef, state)
+        model, optimizer = map(nnx.merge, graphdef, state)
 
         def loss_fn(model):
             logits_BxLxV = model(batch["tokens"])
@@ -202,17 +190,18 @@ def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding:
         optimizer.update(model, grads)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
                         "target_tokens": n_targets}
-        return nnx.state((model, optimizer)), step_metrics
+        return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
     return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any) -> Callable:
+def make_eval_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                   batch_sharding: Any) -> Callable:
     """jit'd (state, batch) -> per-position masked losses, replicated to every process."""
     def eval_step(state, batch):
-        model, _ = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdef[0], state[0])
         return masked_token_losses(model(batch["tokens"]), batch["targets"], batch["mask"])
 
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
@@ -252,8 +241,9 @@ class TrainLoop:
     def __init__(self, plan: Plan, train_cfg: ml_collections.ConfigDict, train_step: Callable,
                  eval_step: Callable, loader: Any, val_batches: list[Batch], batch_sharding: Any,
                  checkpointer: checkpoint.Checkpointer, writer: metrics.MetricsWriter,
-                 chrono: metrics.Chrono, meta: dict):
+                 chrono: metrics.Chrono, meta: dict, profiler: StepProfiler):
         self.plan, self.cfg = plan, train_cfg
+        self.profiler = profiler
         self.train_step, self.eval_step = train_step, eval_step
         self.loader, self.val_batches, self.batch_sharding = loader, val_batches, batch_sharding
         self.checkpointer, self.writer, self.chrono = checkpointer, writer, chrono
@@ -265,11 +255,19 @@ class TrainLoop:
         self.val_loss = meta.get("val_loss")
 
     def run(self, state: Any, start_step: int) -> Any:
+        try:
+            return self._run(state, start_step)
+        finally:
+            self.profiler.stop()
+
+    def _run(self, state: Any, start_step: int) -> Any:
         pending = None  # (steps done, device metrics) of the step in flight
         for step in range(start_step, self.plan.steps):
             batch = local_batch_to_global(next(self.loader), self.batch_sharding,
                                           self.plan.global_batch_size)
+            self.profiler.before_step(step)
             state, step_metrics = self.train_step(state, batch)
+            self.profiler.after_step(step, step_metrics)
             if pending is not None:
                 self.record(*pending)
             pending = (step + 1, step_metrics)
