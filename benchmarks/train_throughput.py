@@ -17,6 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from ehr_jax import config_files, parallel
+from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import optim, trainer
 
@@ -78,11 +79,16 @@ def measure(size_name: str, peak: float) -> dict:
     mesh = parallel.make_mesh((-1, 1, 1))
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    graphdef, state, state_sharding = trainer.init_state(model_cfg, tx, mesh, seed=0)
+    tx = optim.make_optimizer(config.train)
+    graphdef, state, state_sharding = model_init.init(model_cfg, mesh, 0, tx)
     batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    train_step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)
+    inputs = jax.device_put(schedule.inputs(), parallel.replicated(mesh))
+
+    def step(state, batch):
+        return train_step(state, batch, inputs)
+
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, _VOCAB.value, (_BATCH.value, _SEQ_LEN.value + 1), dtype=np.int32)
     batch = trainer.local_batch_to_global(

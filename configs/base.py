@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_tokens = 32768  # tuning-split tokens per validation loss (fixed windows)
     config.train.checkpoint_every = 100  # steps between Orbax checkpoints
     config.train.keep_checkpoints = 2  # checkpoints kept on disk
+    config.train.profile_steps = (0, 0)  # (first step, count) traced by jax.profiler into <run>/profile; (0, 0): off
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); one -1 takes the rest
