@@ -81,11 +81,16 @@ def measure(size_name: str, peak: float) -> dict:
     mesh = parallel.make_mesh((-1, 1, 1))
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    tx = optim.make_optimizer(config.train)
     graphdef, state, state_sharding = model_init.init(model_cfg, mesh, 0, tx)
     batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    train_step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)
+    inputs = jax.device_put(schedule.inputs(), parallel.replicated(mesh))
+
+    def step(state, batch):
+        return train_step(state, batch, inputs)
+
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, _VOCAB.value, (_BATCH.value, _SEQ_LEN.value + 1), dtype=np.int32)
     batch = trainer.local_batch_to_global(
