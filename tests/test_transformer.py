@@ -1,5 +1,7 @@
 """Decoder contracts: causality, KV cache == full forward, remat, dtypes, config errors."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -135,17 +137,24 @@ def test_decode_loop_under_scan():
     np.testing.assert_array_equal(np.argmax(full[2:7], axis=-1), generated)
 
 
-def test_remat_gives_the_same_loss_and_gradients():
+def test_remat_is_in_the_gradient_and_changes_nothing_else():
+    """model.remat puts a checkpoint (remat) primitive in the gradient's jaxpr, with the same loss
+    and gradients: equal numbers alone would also pass if the flag were ignored."""
     tokens = jax.random.randint(jax.random.key(2), (2, 8), 0, VOCAB)
 
-    def loss_and_grads(model):
-        def loss(model):
-            return jax.nn.logsumexp(model(tokens), axis=-1).mean()
+    def loss(model):
+        return jax.nn.logsumexp(model(tokens), axis=-1).mean()
 
-        return nnx.jit(nnx.value_and_grad(loss))(model)
+    def remat_in_grad(model):
+        graphdef, state = nnx.split(model)
+        jaxpr = jax.make_jaxpr(jax.grad(lambda s: loss(nnx.merge(graphdef, s))))(state)
+        # The primitive is `remat2` on jax 0.10 and `checkpoint` on later versions.
+        return re.search(r"= (checkpoint|remat\w*)\[", str(jaxpr)) is not None
 
-    l1, g1 = loss_and_grads(_model("d32-l1"))
-    l2, g2 = loss_and_grads(_model("d32-l1", remat=True))
+    plain, remat = _model("d32-l1"), _model("d32-l1", remat=True)
+    assert not remat_in_grad(plain) and remat_in_grad(remat)
+    l1, g1 = nnx.jit(nnx.value_and_grad(loss))(plain)
+    l2, g2 = nnx.jit(nnx.value_and_grad(loss))(remat)
     assert l1 == pytest.approx(float(l2), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g1, g2)
 
