@@ -233,11 +233,10 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return losses_BxL * mask_BxL
 
 
-def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
-                    batch_sharding: Any, schedule_kind: str,
-                    cooldown_shape: str = "linear") -> Callable:
-    """jit'd (state, batch, schedule_inputs) -> (state, metrics); the state (model, optimizer)
-    is donated (updated in place).
+def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: str,
+                  cooldown_shape: str = "linear") -> Callable:
+    """The pure (state, batch, schedule_inputs) -> (state, metrics) of one run, not jitted:
+    make_train_step jits it with shardings, ehr_jax.train.packed vmaps it over runs.
 
     The learning rate is computed inside from the optimizer's step and the schedule's numbers
     (optim.Schedule.inputs), so the compiled step does not depend on a run's length or peak.
@@ -259,8 +258,17 @@ def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding:
                         "target_tokens": n_targets}
         return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
+    return train_step
+
+
+def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                    batch_sharding: Any, schedule_kind: str,
+                    cooldown_shape: str = "linear") -> Callable:
+    """jit'd (state, batch, schedule_inputs) -> (state, metrics) of train_step_fn; the state
+    (model, optimizer) is donated (updated in place)."""
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, replicated),
+    return jax.jit(train_step_fn(graphdef, schedule_kind, cooldown_shape),
+                   in_shardings=(state_sharding, batch_sharding, replicated),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
