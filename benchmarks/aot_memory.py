@@ -75,20 +75,20 @@ def measure(size_name: str, mesh) -> dict:
     config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-
+    tx = optim.make_optimizer(config.train)
     graphdef, abstract_state = model_init.abstract(model_cfg, mesh, tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
     batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)
+    schedule_inputs = {key: jax.ShapeDtypeStruct((), np.float32) for key in schedule.inputs()}
     shape = (_BATCH.value, _SEQ_LEN.value)
     batch = {"tokens": jax.ShapeDtypeStruct(shape, np.int32),
              "targets": jax.ShapeDtypeStruct(shape, np.int32),
              "mask": jax.ShapeDtypeStruct(shape, np.float32)}
     start = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = step.trace(abstract_state, batch).lower().compile()
+        compiled = step.trace(abstract_state, batch, schedule_inputs).lower().compile()
     compile_s = time.perf_counter() - start
     m = compiled.memory_analysis()
     peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes

@@ -18,7 +18,7 @@ from ehr_jax.errors import DataError
 from ehr_jax.evaluation import runner
 from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
-from ehr_jax.train import checkpoint, optim, trainer
+from ehr_jax.train import checkpoint, optim
 
 from tests import train_fixtures
 from tests.train_fixtures import base_config
@@ -45,8 +45,7 @@ def run_dir(tmp_path_factory):
     config.eval.bootstrap = 20
     manifest = prepare.prepare(config.data.meds_dir, config.data.prepared_dir, min_code_count=5)
     model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
-    plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    tx = optim.make_optimizer(config.train)
     _, state, _ = model_init.init(model_cfg, parallel.make_mesh(tuple(config.mesh.shape)), 0, tx)
     saver = checkpoint.Checkpointer(root / "run" / "checkpoints", keep=1, use_async=False)
     saver.save(0, state, {}, {})

@@ -71,7 +71,7 @@ class EvalSettings:
         seq_len = int(config.data.seq_len)
         # The history fills the training window; rollouts then slide that window (see
         # zero_shot.RolloutSampler), so no attention span exceeds what training saw.
-        prompt_len = min(int(ev.get("prompt_len", 0)) or seq_len, seq_len)
+        prompt_len = min(int(ev.prompt_len) or seq_len, seq_len)
         return cls(task_names, str(ev.labels_dir), int(ev.num_rollouts), int(ev.max_cases),
                    int(ev.max_new_tokens), bool(ev.probe), int(ev.bootstrap), prompt_len,
                    int(config.seed))
