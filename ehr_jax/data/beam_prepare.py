@@ -3,7 +3,7 @@
     python -m ehr_jax.data.prepare --meds_dir=gs://b/meds --out_dir=gs://b/prepared --engine=beam -- \
         --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp --setup_file=./setup.py
 
-Needs the `beam` extra (`pip install -e ".[beam]"`); nothing else imports this module. The job:
+Needs the `beam` extra (`pip install -e ".[beam]"`); only `--engine=beam` imports this module. The job:
 
     train files --(vocab.FitStats per file)--> CombineGlobally (exact merge) --> tokenizer
     every (split, file) --Reshuffle--> encode with the tokenizer (side input) --> shards + summary
