@@ -13,7 +13,9 @@ traced on abstract state (nothing is allocated) and compiled ahead of time:
   (`pip install libtpu==0.0.42.*`, the version jax 0.10.2's [tpu] extra pins; add its folder
   with --libtpu_path when it is not importable).
 Prints per size: parameters, per-device bytes (arguments, outputs, temporaries, peak = args +
-outputs - aliased + temps), compile seconds, and whether it fits --device_gib.
+outputs - aliased + temps), compile seconds, and whether it fits --device_gib. With --choose it
+runs the trainer's own pre-flight (ehr_jax.train.trainer.fit_memory, train.memory_fit=auto,
+train.device_memory_gib=--device_gib) and prints each setting it tried and the one it keeps.
 """
 
 import os
@@ -30,6 +32,9 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 2048, "Tokens per window.")
 _VOCAB = flags.DEFINE_integer("vocab", 8192, "Vocabulary size.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialise each block.")
+_ACCUM = flags.DEFINE_integer("accum", 1, "Gradient-accumulation steps (micro-batches per step).")
+_CHOOSE = flags.DEFINE_bool("choose", False, "Run the trainer's memory pre-flight instead (from "
+                            "--remat, accumulation auto) against --device_gib; print every try.")
 _DEVICE_GIB = flags.DEFINE_float("device_gib", 80.0, "Memory of one device, for the fits column.")
 _LIBTPU = flags.DEFINE_string("libtpu_path", "", "Folder holding the libtpu package (pip --target).")
 
@@ -59,13 +64,9 @@ def _mesh(devices):
                              axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
-def measure(size_name: str, mesh) -> dict:
-    """Compile the train step for abstract (sharded) state and batch; read its memory use."""
-    import jax
-    import numpy as np
-
-    from ehr_jax import config_files, parallel
-    from ehr_jax.model import init as model_init
+def _setup(size_name: str, mesh):
+    """Config, model config, plan and optimizer of one size, as the trainer makes them."""
+    from ehr_jax import config_files
     from ehr_jax.model import transformer
     from ehr_jax.train import optim, trainer
 
@@ -73,15 +74,28 @@ def measure(size_name: str, mesh) -> dict:
     config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
     config.model.size, config.model.dtype, config.model.remat = size_name, _DTYPE.value, _REMAT.value
     config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
+    config.train.device_memory_gib = _DEVICE_GIB.value
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
     tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
+    return config, model_cfg, plan, tx, schedule
 
+
+def measure(size_name: str, mesh) -> dict:
+    """Compile the train step for abstract (sharded) state and batch; read its memory use."""
+    import jax
+    import numpy as np
+
+    from ehr_jax import parallel
+    from ehr_jax.model import init as model_init
+    from ehr_jax.train import trainer
+
+    config, model_cfg, plan, tx, schedule = _setup(size_name, mesh)
     graphdef, abstract_state = model_init.abstract(model_cfg, mesh, tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
     batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule, _ACCUM.value)
     shape = (_BATCH.value, _SEQ_LEN.value)
     batch = {"tokens": jax.ShapeDtypeStruct(shape, np.int32),
              "targets": jax.ShapeDtypeStruct(shape, np.int32),
@@ -98,6 +112,25 @@ def measure(size_name: str, mesh) -> dict:
             "temps": m.temp_size_in_bytes, "peak": peak, "compile_s": compile_s}
 
 
+def choose(size_name: str, mesh) -> None:
+    """The trainer's pre-flight for this size: every setting it compiles, and its choice."""
+    from ehr_jax.errors import ConfigError
+    from ehr_jax.train import trainer
+
+    config, model_cfg, plan, tx, schedule = _setup(size_name, mesh)
+    try:
+        fit = trainer.fit_memory(config.train, model_cfg, mesh, tx, schedule, _BATCH.value)
+    except ConfigError as error:
+        print(f"{size_name:>10} {plan.n_params:>14,}  error: {error}", flush=True)
+        return
+    for entry in fit.summary()["tried"]:
+        chosen = (entry["remat"], entry["grad_accum_steps"]) == (fit.setting.remat,
+                                                                  fit.setting.accum_steps)
+        print(f"{size_name:>10} {plan.n_params:>14,} {str(entry['remat']):>6} "
+              f"{entry['grad_accum_steps']:>6} {entry['step_gib_per_device']:>9.2f} "
+              f"{entry['compile_s']:>9.1f} {'chosen' if chosen else 'no'}", flush=True)
+
+
 def main(argv) -> None:
     del argv
     if _LIBTPU.value:
@@ -111,7 +144,17 @@ def main(argv) -> None:
     mesh = _mesh(devices)
     print(f"{machine.describe()}; jax {jax.__version__}; compiling for {kind}, mesh "
           f"{dict(mesh.shape)}; batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value},"
-          f" {_DTYPE.value}, remat {_REMAT.value}")
+          f" {_DTYPE.value}, remat {_REMAT.value}, accumulation "
+          f"{'auto' if _CHOOSE.value else _ACCUM.value}")
+    if _CHOOSE.value:
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)
+        print(f"{'size':>10} {'params':>14} {'remat':>6} {'accum':>6} {'peak GiB':>9} "
+              f"{'compile s':>9} pre-flight ({_DEVICE_GIB.value:g} GiB device)")
+        for name in _SIZES.value:
+            choose(name, mesh)
+        return
     print(f"{'size':>10} {'params':>14} {'args GiB':>9} {'temps GiB':>9} {'peak GiB':>9} "
           f"{'compile s':>9} fits {_DEVICE_GIB.value:g} GiB")
     for name in _SIZES.value:

@@ -28,7 +28,7 @@ from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
 from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
-from ehr_jax.train import checkpoint, metrics, optim
+from ehr_jax.train import checkpoint, memory, metrics, optim
 from ehr_jax.train.profiler import StepProfiler
 
 Batch = dict[str, np.ndarray]
@@ -74,23 +74,34 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     manifest = shards.read_manifest(prepared_dir)
     model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
     plan = make_plan(config, model_cfg)
+    memory.check_config(config.train)
+    if config.train.grad_accum_steps:
+        memory.check_accumulation(config.train.grad_accum_steps, plan.global_batch_size,
+                                  batch_shards, tuple(config.mesh.shape))
     loader = data_loader.train_loader(
         prepared_dir, seq_len=plan.seq_len, global_batch_size=plan.global_batch_size,
         seed=config.seed, num_workers=config.data.num_workers)
+
+    # The step, compiled for this mesh and checked against the device's memory (train/memory.py).
+    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    batch_sharding = parallel.batch_sharding(mesh)
+    schedule = optim.learning_rate_schedule(
+        plan.peak_lr, plan.steps, config.train.warmup_frac, config.train.min_lr_ratio)
+    fit = fit_memory(config.train, model_cfg, mesh, tx, schedule, plan.global_batch_size)
+    model_cfg = dataclasses.replace(model_cfg, remat=fit.setting.remat)
+    # Validation batches no larger than a micro-batch: what fits for training fits for eval.
     val_batches = data_loader.eval_batches(
-        prepared_dir, "tuning", seq_len=plan.seq_len, batch_size=plan.global_batch_size,
+        prepared_dir, "tuning", seq_len=plan.seq_len,
+        batch_size=plan.global_batch_size // fit.setting.accum_steps,
         max_tokens=config.train.eval_tokens)
     if is_writer:
         os.makedirs(workdir, exist_ok=True)
         rundir.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
     # Model and optimizer, created directly in their shardings.
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
     graphdef, state, state_sharding = model_init.init(model_cfg, mesh, config.seed, tx)
-    batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(
-        plan.peak_lr, plan.steps, config.train.warmup_frac, config.train.min_lr_ratio)
-    train_step = make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    train_step = fit.compiled or make_train_step(graphdef, state_sharding, batch_sharding,
+                                                 schedule, fit.setting.accum_steps)
     eval_step = make_eval_step(graphdef, state_sharding, batch_sharding)
 
     # Restore: parameters, optimizer state and loader position come back together.
@@ -134,7 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
 
     wall_s = meta.get("wall_s", 0.0) + time.perf_counter() - wall_start
     summary = build_summary(config, workdir, plan, model_cfg, manifest, loop, val, type_names,
-                            wall_s, num_windows=data_loader.num_windows(
+                            wall_s, fit, num_windows=data_loader.num_windows(
                                 prepared_dir, "train", plan.seq_len))
     if is_writer:  # summary.json last: a run dir holding it is done for the sweep
         rundir.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
@@ -164,6 +175,38 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
                 n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
 
 
+def fit_memory(train: ml_collections.ConfigDict, model_cfg: transformer.ModelConfig,
+               mesh: jax.sharding.Mesh, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, global_batch_size: int) -> memory.Fit:
+    """The remat / accumulation setting whose step fits one device, compiled ahead of time for
+    abstract (sharded) state and batch (see ehr_jax/train/memory.py)."""
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_sharding = parallel.batch_sharding(mesh)
+    shape = (global_batch_size, model_cfg.seq_len)
+    batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for key, dtype in
+             (("tokens", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
+
+    def compile_step(setting: memory.Setting) -> Any:
+        cfg = dataclasses.replace(model_cfg, remat=setting.remat)
+        graphdef, abstract_state = model_init.abstract(cfg, mesh, tx)
+        state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
+        step = make_train_step(graphdef, state_sharding, batch_sharding, schedule,
+                               setting.accum_steps)
+        with jax.set_mesh(mesh):
+            return step.lower(abstract_state, batch).compile()
+
+    rows = global_batch_size // batch_shards
+    fit = memory.choose(train, remat=model_cfg.remat, rows_per_shard=rows,
+                        limit_bytes=memory.device_memory_bytes(train, jax.local_devices()[0]),
+                        compile_step=compile_step,
+                        what=f"{model_cfg.size_name} at {rows} rows x {model_cfg.seq_len} "
+                             f"tokens per batch shard")
+    logging.info("memory: %s%s", fit.setting.describe(), "" if fit.need_bytes is None else
+                 f", {fit.need_bytes / memory.GIB:.2f} GiB per device of "
+                 f"{fit.limit_bytes / memory.GIB:.2f}")
+    return fit
+
+
 def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
                         mask_BxL: jax.Array) -> jax.Array:
     """Per-position cross-entropy (float32), zero where the mask is 0."""
@@ -173,19 +216,44 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
 
 
 def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any, batch_sharding: Any,
-                    schedule: optax.Schedule) -> Callable:
+                    schedule: optax.Schedule, accum_steps: int = 1) -> Callable:
     """jit'd (state, batch) -> (state, metrics); the state (model, optimizer) is donated
-    (updated in place)."""
+    (updated in place).
+
+    With accum_steps > 1 the global batch is cut into that many micro-batches, run one after
+    another (lax.scan: activations of one micro-batch at a time) and their gradients summed.
+    The loss stays the token-weighted mean over the whole global batch (every per-token loss
+    divided by the batch's total target count, not a mean of micro-batch means), so loss and
+    update equal the single-pass step's up to float summation order.
+    """
+    micro_sharding = jax.sharding.NamedSharding(
+        batch_sharding.mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec))
+
     def train_step(state, batch):
-        model, optimizer = map(nnx.merge, graphdef, state)
+        params, optimizer_state = state
+        n_targets = batch["mask"].sum()
+        denominator = jnp.maximum(n_targets, 1.0)
 
-        def loss_fn(model):
-            logits_BxLxV = model(batch["tokens"])
-            losses_BxL = masked_token_losses(logits_BxLxV, batch["targets"], batch["mask"])
-            n_targets = batch["mask"].sum()
-            return losses_BxL.sum() / jnp.maximum(n_targets, 1.0), n_targets
+        def loss_fn(params, micro):
+            logits_BxLxV = nnx.merge(graphdef[0], params)(micro["tokens"])
+            losses_BxL = masked_token_losses(logits_BxLxV, micro["targets"], micro["mask"])
+            return losses_BxL.sum() / denominator
 
-        (loss, n_targets), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        grad_fn = jax.value_and_grad(loss_fn)
+        if accum_steps == 1:
+            loss, grads = grad_fn(params, batch)
+        else:
+            micro_batches = split_micro_batches(batch, accum_steps, micro_sharding)
+
+            def accumulate(carry, micro):
+                loss, grads = grad_fn(params, micro)
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32),
+                     jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params),
+                                                      state_sharding[0]))
+            (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
+        model, optimizer = nnx.merge(graphdef[0], params), nnx.merge(graphdef[1], optimizer_state)
         lr = schedule(optimizer.step[...])
         optimizer.update(model, grads)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
@@ -195,6 +263,19 @@ def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding:
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
     return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+def split_micro_batches(batch: dict, accum_steps: int, sharding: Any) -> dict:
+    """[B, ...] -> [accum_steps, B / accum_steps, ...]: micro-batch k takes rows k, k + A, ...
+
+    Strided rows keep every micro-batch spread over all batch shards like the global batch, so
+    the split moves no data between devices (each device's B / shards rows split A ways).
+    """
+    def split(x):
+        micro = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(micro, sharding)
+
+    return {key: split(value) for key, value in batch.items()}
 
 
 def make_eval_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
@@ -324,7 +405,7 @@ class TrainLoop:
 def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
                   model_cfg: transformer.ModelConfig, manifest: dict, loop: TrainLoop,
                   val: metrics.ValLosses, type_names: np.ndarray, wall_s: float,
-                  num_windows: int) -> dict:
+                  fit: memory.Fit, num_windows: int) -> dict:
     """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient."""
     tokens = plan.steps * plan.tokens_per_step
     rates = loop.chrono.rates()
@@ -356,6 +437,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "tokens_per_s": rates["tokens_per_s"],
         "mfu": rates["mfu"],
         "device_kind": devices[0].device_kind,
+        "memory": fit.summary(),
         "num_devices": len(devices),
         "config": config.to_dict(),
         "etl_name": provenance.get("etl_name"),
