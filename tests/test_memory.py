@@ -109,12 +109,19 @@ def test_the_trainer_trains_with_the_chosen_setting_and_its_compiled_step(prepar
     calls = []
     make_train_step = trainer.make_train_step
 
-    def counting(*args, **kwargs):
-        step = make_train_step(*args, **kwargs)
-        return types.SimpleNamespace(lower=step.lower, __call__=None,
-                                     _called=lambda *a: calls.append(a))
+    class Counting:  # the jitted step: lowered by the pre-flight, never called to train
+        def __init__(self, step):
+            self.step = step
 
-    monkeypatch.setattr(trainer, "make_train_step", counting)
+        def lower(self, *args):
+            return self.step.lower(*args)
+
+        def __call__(self, *args):
+            calls.append(args)
+            return self.step(*args)
+
+    monkeypatch.setattr(trainer, "make_train_step", lambda *a, **k: Counting(make_train_step(*a, **k)))
+    trainer.compiled_programs.cache_clear()  # programs built before the patch hold plain steps
     config = train_fixtures.tiny_config(prepared_dir, steps=4)
     config.train.global_batch_size = 16  # 2 rows on each of the 8 batch shards
     config.train.device_memory_gib = 1.0
@@ -124,3 +131,4 @@ def test_the_trainer_trains_with_the_chosen_setting_and_its_compiled_step(prepar
     assert calls == [] and summary["steps"] == 4
     losses = train_fixtures.losses_by_step(str(tmp_path))
     assert all(0 < loss < 10 for loss in losses.values())
+    trainer.compiled_programs.cache_clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -82,13 +83,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         prepared_dir, seq_len=plan.seq_len, global_batch_size=plan.global_batch_size,
         seed=config.seed, num_workers=config.data.num_workers)
 
-    # The step, compiled for this mesh and checked against the device's memory (train/memory.py).
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(
-        plan.peak_lr, plan.steps, config.train.warmup_frac, config.train.min_lr_ratio)
-    fit = fit_memory(config.train, model_cfg, mesh, tx, schedule, plan.global_batch_size)
+    # Programs compiled once per model shape (the schedule's numbers are inputs of the train
+    # step, not part of it); the memory pre-flight compiles the step ahead of time and picks
+    # remat / accumulation so that it fits a device (train/memory.py).
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    settings = optim.static_settings(config.train, schedule)
+    fit = fit_memory(config.train, model_cfg, mesh, settings, plan.global_batch_size)
     model_cfg = dataclasses.replace(model_cfg, remat=fit.setting.remat)
+    programs = compiled_programs(model_cfg, mesh, settings, plan.global_batch_size,
+                                 fit.setting.accum_steps)
     # Validation batches no larger than a micro-batch: what fits for training fits for eval.
     val_batches = data_loader.eval_batches(
         prepared_dir, "tuning", seq_len=plan.seq_len,
@@ -99,10 +102,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         rundir.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
     # Model and optimizer, created directly in their shardings.
-    graphdef, state, state_sharding = model_init.init(model_cfg, mesh, config.seed, tx)
-    train_step = fit.compiled or make_train_step(graphdef, state_sharding, batch_sharding,
-                                                 schedule, fit.setting.accum_steps)
-    eval_step = make_eval_step(graphdef, state_sharding, batch_sharding)
+    state = programs.init(config.seed)
+    batch_sharding = programs.batch_sharding
+    schedule_inputs = jax.device_put(schedule.inputs(), programs.replicated)
+    eval_step = programs.eval_step
+    step_program = programs.compiled_train_step or programs.train_step
+
+    def train_step(state, batch):
+        return step_program(state, batch, schedule_inputs)
 
     # Restore: parameters, optimizer state and loader position come back together.
     checkpointer = checkpoint.Checkpointer(
@@ -117,9 +124,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         loader.set_state(restored.loader_state)
     start_step = restored.step if restored is not None else 0
     logging.info("run %s: %d params (%d non-embedding), %d steps of %d tokens, peak lr %.2e, "
-                 "starting at step %d", os.path.basename(workdir), plan.n_params,
-                 plan.n_params_non_embedding, plan.steps, plan.tokens_per_step, plan.peak_lr,
-                 start_step)
+                 "%s attention, %s compute, starting at step %d", os.path.basename(workdir),
+                 plan.n_params, plan.n_params_non_embedding, plan.steps, plan.tokens_per_step,
+                 plan.peak_lr, model_cfg.attention, model_cfg.dtype, start_step)
 
     # Loop.
     peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
@@ -175,27 +182,72 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
                 n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
 
 
-def fit_memory(train: ml_collections.ConfigDict, model_cfg: transformer.ModelConfig,
-               mesh: jax.sharding.Mesh, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, global_batch_size: int) -> memory.Fit:
-    """The remat / accumulation setting whose step fits one device, compiled ahead of time for
-    abstract (sharded) state and batch (see ehr_jax/train/memory.py)."""
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    batch_sharding = parallel.batch_sharding(mesh)
-    shape = (global_batch_size, model_cfg.seq_len)
-    batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for key, dtype in
-             (("tokens", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
+@dataclasses.dataclass
+class Programs:
+    """The jit-compiled programs of one model shape (model config, mesh, optimizer settings).
 
+    Every run of that shape in this process shares them, so a sweep traces and compiles its
+    init, train and eval programs once per size, not once per grid point; the persistent
+    compilation cache then shares them across processes too.
+    """
+
+    graphdef: tuple[nnx.GraphDef, nnx.GraphDef]
+    state_sharding: Any
+    batch_sharding: Any
+    replicated: Any
+    init: Callable  # seed -> (model, optimizer) state, initialised in its shardings
+    train_step: Callable  # (state, batch, schedule_inputs) -> (state, metrics); state donated
+    eval_step: Callable  # (state, batch) -> per-position masked losses
+    abstract_args: tuple  # (state, batch, schedule_inputs) as sharded ShapeDtypeStructs
+    compiled_train_step: Any = None  # train_step compiled ahead of time (the memory pre-flight)
+
+    def compile_train_step(self) -> Any:
+        """train_step compiled ahead of time for abstract arguments (kept: training runs it)."""
+        if self.compiled_train_step is None:
+            with jax.set_mesh(self.batch_sharding.mesh):
+                self.compiled_train_step = self.train_step.fn.lower(*self.abstract_args).compile()
+        return self.compiled_train_step
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_programs(model_cfg: transformer.ModelConfig, mesh: jax.sharding.Mesh,
+                      settings: tuple, global_batch_size: int, accum_steps: int = 1) -> Programs:
+    """The Programs of a shape; settings: optim.static_settings (what shapes the step)."""
+    static = dict(settings)
+    tx = optim.make_optimizer(ml_collections.ConfigDict(static))
+    graphdef, state_sharding, init = model_init.make_init(model_cfg, mesh, tx)
+    _, abstract_state = model_init.abstract(model_cfg, mesh, tx)
+    batch_sharding = parallel.batch_sharding(mesh)
+    replicated = parallel.replicated(mesh)
+    shape = (global_batch_size, model_cfg.seq_len)
+    abstract_batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+                      for key, dtype in (("tokens", jnp.int32), ("targets", jnp.int32),
+                                         ("mask", jnp.float32))}
+    abstract_inputs = {key: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+                       for key in optim.Schedule(static["schedule"], 1.0, 2, 0, 0, 0.0).inputs()}
+    what = (f"{model_cfg.size_name} (batch {global_batch_size} x {model_cfg.seq_len}, "
+            f"{model_cfg.dtype}, {static['schedule']} schedule, {mesh.size} devices)")
+    return Programs(
+        graphdef, state_sharding, batch_sharding, replicated,
+        _LogFirstCall(init, f"init program for {what}"),
+        _LogFirstCall(make_train_step(graphdef, state_sharding, batch_sharding,
+                                      static["schedule"], static["cooldown_shape"], accum_steps),
+                      f"train step for {what}"),
+        _LogFirstCall(make_eval_step(graphdef, state_sharding, batch_sharding),
+                      f"eval step for {what}"),
+        (abstract_state, abstract_batch, abstract_inputs))
+
+
+def fit_memory(train: ml_collections.ConfigDict, model_cfg: transformer.ModelConfig,
+               mesh: jax.sharding.Mesh, settings: tuple, global_batch_size: int) -> memory.Fit:
+    """The remat / accumulation setting whose train step fits one device, its step compiled
+    ahead of time and kept in compiled_programs (see ehr_jax/train/memory.py)."""
     def compile_step(setting: memory.Setting) -> Any:
         cfg = dataclasses.replace(model_cfg, remat=setting.remat)
-        graphdef, abstract_state = model_init.abstract(cfg, mesh, tx)
-        state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
-        step = make_train_step(graphdef, state_sharding, batch_sharding, schedule,
-                               setting.accum_steps)
-        with jax.set_mesh(mesh):
-            return step.lower(abstract_state, batch).compile()
+        return compiled_programs(cfg, mesh, settings, global_batch_size,
+                                 setting.accum_steps).compile_train_step()
 
-    rows = global_batch_size // batch_shards
+    rows = global_batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
     fit = memory.choose(train, remat=model_cfg.remat, rows_per_shard=rows,
                         limit_bytes=memory.device_memory_bytes(train, jax.local_devices()[0]),
                         compile_step=compile_step,
@@ -207,6 +259,24 @@ def fit_memory(train: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
     return fit
 
 
+class _LogFirstCall:
+    """A jitted function whose first call (trace and compile) is logged with its duration."""
+
+    def __init__(self, fn: Callable, what: str):
+        self.fn, self.what, self.called = fn, what, False
+
+    def __call__(self, *args):
+        if self.called:
+            return self.fn(*args)
+        logging.info("compiling %s", self.what)
+        start = time.perf_counter()
+        out = jax.block_until_ready(self.fn(*args))
+        self.called = True
+        logging.info("compiled %s in %.1f s (with its first call; the persistent cache may have "
+                     "served it)", self.what, time.perf_counter() - start)
+        return out
+
+
 def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
                         mask_BxL: jax.Array) -> jax.Array:
     """Per-position cross-entropy (float32), zero where the mask is 0."""
@@ -215,21 +285,22 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return losses_BxL * mask_BxL
 
 
-def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any, batch_sharding: Any,
-                    schedule: optax.Schedule, accum_steps: int = 1) -> Callable:
-    """jit'd (state, batch) -> (state, metrics); the state (model, optimizer) is donated
-    (updated in place).
+def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: str,
+                  cooldown_shape: str = "linear", accum_steps: int = 1,
+                  grad_sharding: Any = None) -> Callable:
+    """The pure (state, batch, schedule_inputs) -> (state, metrics) of one run, not jitted:
+    make_train_step jits it with shardings, ehr_jax.train.packed vmaps it over runs.
 
+    The learning rate is computed inside from the optimizer's step and the schedule's numbers
+    (optim.Schedule.inputs), so the compiled step does not depend on a run's length or peak.
     With accum_steps > 1 the global batch is cut into that many micro-batches, run one after
-    another (lax.scan: activations of one micro-batch at a time) and their gradients summed.
-    The loss stays the token-weighted mean over the whole global batch (every per-token loss
-    divided by the batch's total target count, not a mean of micro-batch means), so loss and
-    update equal the single-pass step's up to float summation order.
+    another (lax.scan: activations of one micro-batch at a time) with their gradients summed
+    (in `grad_sharding`, the parameters' sharding). The loss stays the token-weighted mean over
+    the whole global batch (every per-token loss divided by the batch's total target count, not
+    a mean of micro-batch means), so loss and update equal the single-pass step's up to float
+    summation order.
     """
-    micro_sharding = jax.sharding.NamedSharding(
-        batch_sharding.mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec))
-
-    def train_step(state, batch):
+    def train_step(state, batch, schedule_inputs):
         params, optimizer_state = state
         n_targets = batch["mask"].sum()
         denominator = jnp.maximum(n_targets, 1.0)
@@ -243,29 +314,26 @@ def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding:
         if accum_steps == 1:
             loss, grads = grad_fn(params, batch)
         else:
-            micro_batches = split_micro_batches(batch, accum_steps, micro_sharding)
-
             def accumulate(carry, micro):
-                loss, grads = grad_fn(params, micro)
-                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+                return jax.tree.map(jnp.add, carry, grad_fn(params, micro)), None
 
-            zeros = (jnp.zeros((), jnp.float32),
-                     jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params),
-                                                      state_sharding[0]))
-            (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            if grad_sharding is not None:
+                zeros = jax.lax.with_sharding_constraint(zeros, grad_sharding)
+            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                            split_micro_batches(batch, accum_steps))
         model, optimizer = nnx.merge(graphdef[0], params), nnx.merge(graphdef[1], optimizer_state)
-        lr = schedule(optimizer.step[...])
-        optimizer.update(model, grads)
+        lr = optim.learning_rate(optimizer.step[...], schedule_inputs, schedule_kind,
+                                 cooldown_shape)
+        optimizer.update(model, grads, learning_rate=lr)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
                         "target_tokens": n_targets}
         return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
-    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, replicated), donate_argnums=0)
+    return train_step
 
 
-def split_micro_batches(batch: dict, accum_steps: int, sharding: Any) -> dict:
+def split_micro_batches(batch: dict, accum_steps: int) -> dict:
     """[B, ...] -> [accum_steps, B / accum_steps, ...]: micro-batch k takes rows k, k + A, ...
 
     Strided rows keep every micro-batch spread over all batch shards like the global batch, so
@@ -273,9 +341,20 @@ def split_micro_batches(batch: dict, accum_steps: int, sharding: Any) -> dict:
     """
     def split(x):
         micro = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(micro, sharding)
+        return parallel.constrain(micro, (None, "batch") + (None,) * (x.ndim - 1), "micro-batches")
 
     return {key: split(value) for key, value in batch.items()}
+
+
+def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                    batch_sharding: Any, schedule_kind: str,
+                    cooldown_shape: str = "linear", accum_steps: int = 1) -> Callable:
+    """jit'd (state, batch, schedule_inputs) -> (state, metrics) of train_step_fn; the state
+    (model, optimizer) is donated (updated in place)."""
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    step = train_step_fn(graphdef, schedule_kind, cooldown_shape, accum_steps, state_sharding[0])
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding, replicated),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
 def make_eval_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
@@ -418,6 +497,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "n_layers": model_cfg.n_layers,
         "d_model": model_cfg.d_model,
         "model_size": model_cfg.size_name,
+        "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
         "tokens_seen": tokens,
         "target_tokens_seen": loop.target_tokens,
         "flops": tokens * plan.flops_per_token,
