@@ -77,6 +77,7 @@ def test_bad_schedule_settings_are_config_errors():
             optim.make_schedule(_train(**kw), 1e-3, 100)
 
 
+@pytest.mark.slow
 def test_runs_of_one_shape_share_one_compiled_train_step(prepared_dir, tmp_path, monkeypatch):
     """Run length and peak rate are inputs of the step: a second run of the shape traces
     nothing new (the sweep's runs of one size then cost one compile)."""
@@ -104,6 +105,7 @@ def test_learning_rate_from_config_or_width_rule():
     assert optim.peak_learning_rate(_train(lr=0.0), d_model=optim.BASE_WIDTH) == optim.BASE_LR
 
 
+@pytest.mark.slow
 def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
     config = train_fixtures.tiny_config(prepared_dir, steps=12)
     config.train.profile_steps = (2, 3)
@@ -133,6 +135,7 @@ def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
     assert [r["step"] for r in rows if "val_loss" in r] == [4, 8, 12]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoint(prepared_dir, tmp_path):
     config = train_fixtures.tiny_config(prepared_dir, steps=12)
     config.train.lr = 1e30  # the first update blows the weights up
