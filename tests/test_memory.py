@@ -85,6 +85,7 @@ def test_candidates_split_only_what_each_shard_holds():
     assert memory.candidates(True, 3, 12) == [memory.Setting(True, 3)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key,value,message", [
     ("memory_fit", "maybe", "train.memory_fit='maybe'"),
     ("grad_accum_steps", -1, "train.grad_accum_steps=-1"),
@@ -100,6 +101,7 @@ def test_memory_settings_are_checked_before_training(prepared_dir, tmp_path, key
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_the_trainer_trains_with_the_chosen_setting_and_its_compiled_step(prepared_dir, tmp_path,
                                                                           monkeypatch):
     """The first two settings "need" 100 GiB of the 1 GiB device: remat + 2 accumulation steps is

@@ -205,6 +205,7 @@ def _one_step(accum_steps, batch, mesh, remat=False):
     return float(step_metrics["loss"]), float(step_metrics["grad_norm"]), params
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_keeps_the_token_weighted_loss_and_update():
     from ehr_jax import parallel
 
