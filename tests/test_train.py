@@ -119,6 +119,7 @@ def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
     assert summary["flops"] == pytest.approx(summary["tokens_seen"] * summary["flops_per_token"])
     assert summary["flops_6nd"] == pytest.approx(6 * summary["n_params"] * summary["tokens_seen"])
     assert summary["tokenizer_hash"] == "test-hash" and summary["num_devices"] == 8
+    assert summary["attention"] == "xla"  # config.model.attention "auto" on CPU
     assert "subject_id" not in (tmp_path / "summary.json").read_text()
     assert set(summary["loss_by_token_type"]) <= set(tokenize.TOKEN_TYPE_NAMES)
     assert math.isfinite(summary["val_loss"]) and 0 < summary["mfu"] < 1

@@ -118,9 +118,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         loader.set_state(restored.loader_state)
     start_step = restored.step if restored is not None else 0
     logging.info("run %s: %d params (%d non-embedding), %d steps of %d tokens, peak lr %.2e, "
-                 "starting at step %d", os.path.basename(workdir), plan.n_params,
-                 plan.n_params_non_embedding, plan.steps, plan.tokens_per_step, plan.peak_lr,
-                 start_step)
+                 "%s attention, %s compute, starting at step %d", os.path.basename(workdir),
+                 plan.n_params, plan.n_params_non_embedding, plan.steps, plan.tokens_per_step,
+                 plan.peak_lr, model_cfg.attention, model_cfg.dtype, start_step)
 
     # Loop.
     peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
@@ -240,11 +240,10 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return losses_BxL * mask_BxL
 
 
-def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
-                    batch_sharding: Any, schedule_kind: str,
-                    cooldown_shape: str = "linear") -> Callable:
-    """jit'd (state, batch, schedule_inputs) -> (state, metrics); the state (model, optimizer)
-    is donated (updated in place).
+def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: str,
+                  cooldown_shape: str = "linear") -> Callable:
+    """The pure (state, batch, schedule_inputs) -> (state, metrics) of one run, not jitted:
+    make_train_step jits it with shardings, ehr_jax.train.packed vmaps it over runs.
 
     The learning rate is computed inside from the optimizer's step and the schedule's numbers
     (optim.Schedule.inputs), so the compiled step does not depend on a run's length or peak.
@@ -266,8 +265,17 @@ def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding:
                         "target_tokens": n_targets}
         return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
+    return train_step
+
+
+def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                    batch_sharding: Any, schedule_kind: str,
+                    cooldown_shape: str = "linear") -> Callable:
+    """jit'd (state, batch, schedule_inputs) -> (state, metrics) of train_step_fn; the state
+    (model, optimizer) is donated (updated in place)."""
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, replicated),
+    return jax.jit(train_step_fn(graphdef, schedule_kind, cooldown_shape),
+                   in_shardings=(state_sharding, batch_sharding, replicated),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
@@ -418,6 +426,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "n_layers": model_cfg.n_layers,
         "d_model": model_cfg.d_model,
         "model_size": model_cfg.size_name,
+        "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
         "tokens_seen": tokens,
         "target_tokens_seen": loop.target_tokens,
         "flops": tokens * plan.flops_per_token,
