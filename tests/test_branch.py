@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-import train_fixtures
-
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.train import trainer
+
+import train_fixtures
 
 STEPS, BRANCH_STEP = 12, 6  # a 12-step run whose cooldown is its second half
 WSD = {"train.schedule": "wsd", "train.warmup_steps": 2, "train.cooldown_frac": 0.5}

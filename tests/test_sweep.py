@@ -29,7 +29,8 @@ def _config(**grid_overrides) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         {"size": "d64-l2", "n_kv_heads": 0, "tie_embeddings": False})
     config.train = ml_collections.ConfigDict(
-        {"global_batch_size": 4, "steps": 200, "tokens": 0, "flops": 0.0})
+        {"global_batch_size": 4, "steps": 200, "tokens": 0, "flops": 0.0, "schedule": "cosine",
+         "warmup_frac": 0.05, "warmup_steps": 0, "cooldown_frac": 0.2})
     config.eval = ml_collections.ConfigDict({"enabled": False})
     config.grid = grid.default_grid()
     config.grid.budgets = (1e11, 3e11)

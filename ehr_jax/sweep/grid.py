@@ -101,12 +101,12 @@ def stable_name(size: str, seed: int | None = None) -> str:
 
 def seeds(grid: ml_collections.ConfigDict) -> list[int]:
     """config.grid.seeds as distinct ints (default: seed 0 only)."""
-    values = grid.get("seeds", (0,))
+    values = grid.seeds
     values = [values] if isinstance(values, int) else list(values)
     if not values or len(set(values)) != len(values) or any(
             not isinstance(v, int) or v < 0 for v in values):
         raise ConfigError(f"config.grid.seeds must be distinct non-negative integers, e.g. (0, 1, "
-                          f"2); got {grid.get('seeds')!r}")
+                          f"2); got {grid.seeds!r}")
     return values
 
 
@@ -144,7 +144,7 @@ def expand(config: ml_collections.ConfigDict, *, vocab_size: int,
     """
     grid, seq_len = config.grid, config.data.seq_len
     tokens_per_step = config.train.global_batch_size * seq_len
-    law = placement.read_law(grid.get("optimum_law", ""))
+    law = placement.read_law(grid.optimum_law)
     seed_list = seeds(grid)
 
     def point(budget: float, name: str) -> GridRun:
@@ -195,9 +195,9 @@ def branches(config: ml_collections.ConfigDict,
     cooldown at.
     """
     train = config.train
-    if train.get("schedule", "cosine") != "wsd":
+    if train.schedule != "wsd":
         return points, []
-    frac = float(train.get("cooldown_frac", 0.2))
+    frac = float(train.cooldown_frac)
     if not 0 < frac < 1:
         raise ConfigError(f"train.cooldown_frac must be in (0, 1) for a wsd sweep (each point "
                           f"branches a cooldown of that fraction of its steps); got {frac}")
@@ -210,7 +210,7 @@ def branches(config: ml_collections.ConfigDict,
     stables, branched = [], {}
     for (seed, size), members in sorted(families.items(),
                                         key=lambda item: (item[0][0], item[1][0].n_params)):
-        warmup = int(train.get("warmup_steps", 0)) or optim.warmup_steps(
+        warmup = int(train.warmup_steps) or optim.warmup_steps(
             min(p.steps for p in members), train.warmup_frac)
         starts = {p.name: optim.cooldown_start(p.steps, frac) for p in members}
         if warmup > min(starts.values()):

@@ -115,7 +115,7 @@ def auto_window(budget: float, ladder: list[Any], grid: ml_collections.ConfigDic
 
 def explicit_reason(points: list[Any], grid: ml_collections.ConfigDict) -> str:
     """Why a budget of configured sizes is left out ("" to keep it): too few kept sizes."""
-    need = int(grid.get("min_sizes", 0))
+    need = int(grid.min_sizes)
     kept = [p for p in points if not p.skip_reason]
     if len(kept) < need:
         return (f"only {len(kept)} of its sizes are kept (< config.grid.min_sizes={need}); an "

@@ -103,9 +103,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     # has one of its own.
     checkpointer = checkpoint.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-        keep_steps=tuple(config.train.get("keep_steps", ())))
+        keep_steps=tuple(config.train.keep_steps))
     restored = checkpointer.restore_latest(checkpoint.abstract_like(state))
-    if restored is None and config.train.get("branch_from"):
+    if restored is None and config.train.branch_from:
         restored = branch.restore(config, schedule, checkpoint.abstract_like(state),
                                   tokens_per_step=plan.tokens_per_step,
                                   flops_per_token=plan.flops_per_token)
@@ -329,7 +329,7 @@ class TrainLoop:
         self.train_step, self.eval_step = train_step, eval_step
         self.loader, self.val_batches, self.batch_sharding = loader, val_batches, batch_sharding
         self.checkpointer, self.writer, self.chrono = checkpointer, writer, chrono
-        self.keep_steps = frozenset(int(s) for s in train_cfg.get("keep_steps", ()))
+        self.keep_steps = frozenset(int(s) for s in train_cfg.keep_steps)
         window = max(1, min(int(train_cfg.log_every), plan.steps))
         self.recent_losses = collections.deque(meta.get("recent_losses", []), maxlen=window)
         self.target_tokens = int(meta.get("target_tokens", 0))
@@ -414,7 +414,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
     A cooldown branch's wall_s includes its source run's time up to the branch point (what an
     independent run would have taken); branched_from_step says where it started.
     """
-    branch_from = config.train.get("branch_from", "")
+    branch_from = config.train.branch_from
     tokens = plan.steps * plan.tokens_per_step
     rates = loop.chrono.rates()
     provenance = manifest.get("provenance", {})
