@@ -125,6 +125,7 @@ def test_order_is_seeded_and_reshuffled_each_epoch(prepared):
     assert sorted(map(tuple, first)) == sorted(map(tuple, second))  # same windows, new order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_resume_from_state_matches_uninterrupted_run(prepared, num_workers):
     def make():
