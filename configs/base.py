@@ -21,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_subjects = 2000  # patients the synthetic generator writes when meds_dir is ""
     config.data.synthetic_seed = 0  # seed of the synthetic generator
     config.data.seq_len = 256  # tokens per training window (windows never span two patients)
+    # sequence packing: fill each row with several patients' windows (segment ids keep attention
+    # and RoPE positions per patient); False: one window per row, the rest padding
+    config.data.pack = False
     config.data.num_workers = 0  # Grain worker processes (0: read in the training process)
     config.data.min_code_count = 10  # codes seen fewer times in train become the unknown token
     config.data.num_quantiles = 10  # value bins per numeric code (deciles), fitted on train

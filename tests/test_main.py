@@ -21,7 +21,8 @@ def test_main_trains_two_steps_end_to_end_on_synthetic_data(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["config"]["train"]["steps"] == 2
-    assert summary["tokens_seen"] == 2 * 8 * 128
+    assert summary["padded_tokens_seen"] == 2 * 8 * 128
+    assert 0 < summary["tokens_seen"] <= summary["padded_tokens_seen"]  # real tokens only
     assert summary["tokenizer_hash"] and summary["etl_name"]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
     assert json.loads((tmp_path / "config.json").read_text())["model"]["size"] == "d32-l1"

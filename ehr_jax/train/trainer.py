@@ -73,11 +73,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
 
     # Data: every process reads its rows of each batch.
     manifest = shards.read_manifest(prepared_dir)
-    model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
+    model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len,
+                                         packed=config.data.pack)
     plan = make_plan(config, model_cfg)
     loader = data_loader.train_loader(
         prepared_dir, seq_len=plan.seq_len, global_batch_size=plan.global_batch_size,
-        seed=config.seed, num_workers=config.data.num_workers)
+        seed=config.seed, num_workers=config.data.num_workers, pack=config.data.pack)
     val_batches = data_loader.eval_batches(
         prepared_dir, "tuning", seq_len=plan.seq_len, batch_size=plan.global_batch_size,
         max_tokens=config.train.eval_tokens)
@@ -117,8 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
 
     # Loop.
     peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
-    chrono = metrics.Chrono(plan.steps, plan.tokens_per_step,
-                            plan.tokens_per_step * plan.flops_per_token, peak_total)
+    chrono = metrics.Chrono(plan.steps, plan.flops_per_token, peak_total)
     writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
     profiler = StepProfiler(workdir, config.train.profile_steps, enabled=is_writer)
     loop = TrainLoop(plan, config.train, train_step, eval_step, loader, val_batches,
@@ -139,8 +139,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
 
     wall_s = meta.get("wall_s", 0.0) + time.perf_counter() - wall_start
     summary = build_summary(config, workdir, plan, model_cfg, manifest, loop, val, type_names,
-                            wall_s, num_windows=data_loader.num_windows(
-                                prepared_dir, "train", plan.seq_len))
+                            wall_s, epoch_tokens=data_loader.epoch_stats(
+                                prepared_dir, "train", plan.seq_len)["tokens"])
     if is_writer:  # summary.json last: a run dir holding it is done for the sweep
         rundir.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary
@@ -245,7 +245,8 @@ def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: st
         model, optimizer = map(nnx.merge, graphdef, state)
 
         def loss_fn(model):
-            logits_BxLxV = model(batch["tokens"])
+            # Packed rows (data.pack) carry segment ids and per-segment positions.
+            logits_BxLxV = model(batch["tokens"], batch.get("segment_ids"), batch.get("positions"))
             losses_BxL = masked_token_losses(logits_BxLxV, batch["targets"], batch["mask"])
             n_targets = batch["mask"].sum()
             return losses_BxL.sum() / jnp.maximum(n_targets, 1.0), n_targets
@@ -255,7 +256,8 @@ def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: st
                                  cooldown_shape)
         optimizer.update(model, grads, learning_rate=lr)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
-                        "target_tokens": n_targets}
+                        "target_tokens": n_targets,
+                        "real_tokens": jnp.sum(batch["tokens"] != 0)}  # [PAD] is token 0
         return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
     return train_step
@@ -325,11 +327,14 @@ class TrainLoop:
         window = max(1, min(int(train_cfg.log_every), plan.steps))
         self.recent_losses = collections.deque(meta.get("recent_losses", []), maxlen=window)
         self.target_tokens = int(meta.get("target_tokens", 0))
+        self.real_tokens = meta.get("real_tokens")  # non-pad input tokens trained on so far
         self.prior_wall_s = float(meta.get("wall_s", 0.0))
         self.session_start = time.perf_counter()
         self.val_loss = meta.get("val_loss")
 
     def run(self, state: Any, start_step: int) -> Any:
+        if self.real_tokens is None:  # fresh, or a checkpoint that counted padding as tokens
+            self.real_tokens = start_step * self.plan.tokens_per_step
         try:
             return self._run(state, start_step)
         finally:
@@ -370,7 +375,8 @@ class TrainLoop:
                 f"{step} is not finite; the last good checkpoint (step "
                 f"{self.checkpointer.latest_step()}) is kept. Lower train.lr or raise "
                 f"train.warmup_frac and rerun with a fresh --workdir.")
-        self.chrono.mark(step)
+        self.real_tokens += int(values["real_tokens"])
+        self.chrono.mark(step, self.real_tokens)
         self.recent_losses.append(values["loss"])
         self.target_tokens += int(values["target_tokens"])
         if step % self.cfg.log_every == 0 or step == self.plan.steps:
@@ -378,8 +384,8 @@ class TrainLoop:
             self.writer.write(step, {
                 "loss": values["loss"], "lr": values["lr"], "grad_norm": values["grad_norm"],
                 "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
-                "tokens_seen": step * self.plan.tokens_per_step,
-                "flops_seen": step * self.plan.tokens_per_step * self.plan.flops_per_token})
+                "tokens_seen": self.real_tokens,
+                "flops_seen": self.real_tokens * self.plan.flops_per_token})
             logging.info(metrics.format_progress(step, self.plan.steps, values["loss"],
                                                  self.chrono.rates(), self.chrono.eta_s(step)))
 
@@ -393,15 +399,19 @@ class TrainLoop:
         wall_s = self.prior_wall_s + time.perf_counter() - self.session_start
         self.checkpointer.save(step, state, self.loader.get_state(), {
             "recent_losses": list(self.recent_losses), "target_tokens": self.target_tokens,
-            "wall_s": wall_s, "val_loss": self.val_loss})
+            "real_tokens": self.real_tokens, "wall_s": wall_s, "val_loss": self.val_loss})
 
 
 def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
                   model_cfg: transformer.ModelConfig, manifest: dict, loop: TrainLoop,
                   val: metrics.ValLosses, type_names: np.ndarray, wall_s: float,
-                  num_windows: int) -> dict:
-    """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient."""
-    tokens = plan.steps * plan.tokens_per_step
+                  epoch_tokens: int) -> dict:
+    """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient.
+
+    Tokens, FLOPs, tokens/s, MFU and epochs count real tokens (padding excluded); the positions
+    computed, padding included, are padded_tokens_seen (steps x batch x seq_len).
+    """
+    tokens = loop.real_tokens
     rates = loop.chrono.rates()
     provenance = manifest.get("provenance", {})
     devices = jax.devices()
@@ -413,7 +423,8 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "d_model": model_cfg.d_model,
         "model_size": model_cfg.size_name,
         "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
-        "tokens_seen": tokens,
+        "tokens_seen": tokens,  # real (non-pad) input tokens: the D of the scaling fits
+        "padded_tokens_seen": plan.steps * plan.tokens_per_step,
         "target_tokens_seen": loop.target_tokens,
         "flops": tokens * plan.flops_per_token,
         "flops_per_token": plan.flops_per_token,
@@ -423,7 +434,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "final_train_loss": float(np.mean(loop.recent_losses)) if loop.recent_losses else None,
         "val_loss": val.mean,
         "loss_by_token_type": metrics.loss_by_token_type(val, type_names),
-        "epochs_over_data": plan.steps * plan.global_batch_size / max(num_windows, 1),
+        "epochs_over_data": tokens / max(epoch_tokens, 1),
         "steps": plan.steps,
         "global_batch_size": plan.global_batch_size,
         "seq_len": plan.seq_len,
