@@ -96,11 +96,15 @@ def _window_sizes(windows: dict[str, np.ndarray]) -> np.ndarray:
 def epoch_stats(prepared_dir: str | os.PathLike, split: str, seq_len: int, *,
                 pack: bool = False) -> dict[str, float]:
     """One epoch of a split as the loader serves it: rows, real (non-pad) input tokens and the
-    padding share 1 - tokens / (rows x seq_len); from the index, without reading records."""
+    padding share 1 - tokens / (rows x seq_len); from the index, without reading records.
+
+    An unpacked row shorter than seq_len also holds its window's last target as an input (with
+    mask 0), so it counts one token more than the window's size; a packed row does not.
+    """
     _check_seq_len(seq_len)
     sizes = _window_sizes(_layout_windows(shards.read_index(prepared_dir, split), seq_len))
     rows = packing.PackedEpochs(sizes, seq_len, 0).rows_per_epoch if pack else len(sizes)
-    tokens = int(sizes.sum())
+    tokens = int(sizes.sum()) + (0 if pack else int(np.count_nonzero(sizes < seq_len)))
     return {"rows": rows, "tokens": tokens,
             "padding_share": 1.0 - tokens / max(rows * seq_len, 1)}
 
