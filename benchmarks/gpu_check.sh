@@ -4,8 +4,8 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]           # on the GPU machine, from the repo root
 #   GPU_CHECK_SMALL=1 bash benchmarks/gpu_check.sh   # tiny sizes: checks the script itself on CPU
 #
-# 1. device, driver, jax and cuDNN versions; 2. cuDNN-vs-XLA attention parity (outputs and
-# gradients); 3. predicted (AOT memory_analysis) vs measured peak_bytes_in_use of the train step;
+# 1. device, driver, jax and cuDNN versions; 2. attention parity: every kernel this GPU can run
+# (cuDNN, the Pallas Triton kernel, chunked) vs XLA, unpacked and packed (outputs and gradients); 3. predicted (AOT memory_analysis) vs measured peak_bytes_in_use of the train step;
 # 4. train_throughput at seq 2048 in bf16 (step ms, MFU, compile s) from d256-l6 to d2048-l20;
 # 5. loader tokens/s at seq 2048; 6. a smoke run killed with -9 after a checkpoint, resumed, and
 # compared with an uninterrupted run. Everything is also written to OUT_DIR/gpu_check.log.
@@ -36,7 +36,7 @@ except Exception as e:  # noqa: BLE001
     print("cudnn version unknown:", e)
 PY
 
-echo "== 2. attention parity (cuDNN vs XLA)"
+echo "== 2. attention parity (each kernel vs XLA, unpacked and packed)"
 $py benchmarks/attention_parity.py $attn 2>&1 | quiet
 
 echo "== 3. memory: predicted vs measured ($big, batch $batch x seq $seq, $dtype)"
