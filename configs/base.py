@@ -55,6 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_tokens = 32768  # tuning-split tokens per validation loss (fixed windows)
     config.train.checkpoint_every = 100  # steps between Orbax checkpoints
     config.train.keep_checkpoints = 2  # checkpoints kept on disk
+    # Memory pre-flight: compile the step first and check it fits one device. auto: if not, pick
+    # remat and/or accumulation; check: stop naming what would fit; off: no pre-flight.
+    config.train.memory_fit = "auto"  # auto, check or off (ehr_jax/train/memory.py)
+    config.train.grad_accum_steps = 0  # micro-batches per step, same global batch and loss (0: auto)
+    config.train.device_memory_gib = 0.0  # one device's memory for the pre-flight (0: ask it; CPU has none)
     config.train.profile_steps = (0, 0)  # (first step, count) traced by jax.profiler into <run>/profile; (0, 0): off
 
     config.mesh = ml_collections.ConfigDict()

@@ -126,6 +126,7 @@ def test_order_is_seeded_and_reshuffled_each_epoch(prepared):
     assert sorted(map(tuple, first)) == sorted(map(tuple, second))  # same windows, new order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers,pack", [(0, False), (1, False), (1, True)])
 def test_resume_from_state_matches_uninterrupted_run(prepared, num_workers, pack):
     def make():

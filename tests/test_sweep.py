@@ -243,6 +243,7 @@ def test_only_runs_the_named_runs(tmp_path):
         _run(_config(only="c9e9-d32-l1"), tmp_path, trainer)
 
 
+@pytest.mark.slow
 def test_dry_run_commands_round_trip_through_config_flags(tmp_path, capsys):
     config = _config(dry_run=True)
     points = [p for p in grid.expand(config, vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)]
@@ -295,6 +296,7 @@ def test_compilation_cache_lives_in_the_sweep_dir(tmp_path, monkeypatch):
     assert updates["jax_compilation_cache_dir"] == str(tmp_path / "jax_cache")
 
 
+@pytest.mark.slow
 def test_main_dry_run_prints_one_command_per_run(tmp_path):
     """`--dry_run` through the real entry point: data prepared once, nothing trained."""
     workdir = tmp_path / "sweep"

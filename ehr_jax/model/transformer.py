@@ -43,6 +43,7 @@ class ModelConfig:
     remat: bool = False
     dtype: str = "float32"  # resolved compute dtype: float32 or bfloat16
     attention: str = "xla"  # resolved implementation, a name in attention.IMPLEMENTATIONS
+    packed: bool = False  # training rows hold several segments (data.pack): segment ids, positions
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
 
@@ -78,7 +79,7 @@ def model_config(model_cfg, vocab_size: int, seq_len: int, *, packed: bool = Fal
         n_layers=size.n_layers, n_heads=size.n_heads, head_dim=size.head_dim, d_ff=size.d_ff,
         n_kv_heads=n_kv_heads, tie_embeddings=bool(model_cfg.get("tie_embeddings", False)),
         remat=bool(model_cfg.get("remat", False)), dtype=dtype,
-        attention=attention,
+        attention=attention, packed=packed,
     )
 
 
