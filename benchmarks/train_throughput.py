@@ -6,8 +6,9 @@ Random tokens (no input pipeline), one device, AdamW, the study's FLOP count. Pr
 the matmul peak measured on it (the MFU denominator on CPUs, see ehr_jax.model.sizes) and, per
 size: parameters, compile seconds, step seconds, tokens/s, model GFLOP/s, MFU, the load
 average (the CPU VM is shared) and the attention kernel config.model.attention resolved to.
---pack gives every row 8 segments (segment ids and positions, as data.pack does). benchmarks/pytorch_reference.py is the same model in PyTorch
-eager, to run alternately with this one (docs/PERFORMANCE.md, "Side by side").
+--pack gives every row 8 segments (segment ids and positions, as data.pack does).
+benchmarks/pytorch_reference.py is the same model in PyTorch eager, to run alternately with this
+one (docs/PERFORMANCE.md, "Side by side").
 """
 
 import os

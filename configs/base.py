@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 0  # Grain worker processes (0: read in the training process)
     config.data.min_code_count = 10  # codes seen fewer times in train become the unknown token
     config.data.num_quantiles = 10  # value bins per numeric code (deciles), fitted on train
+    config.data.max_text_values = 8  # codes with at most this many text values in train get TXT// tokens (0: off)
     config.data.records_per_shard = 2000  # patients per ArrayRecord shard
 
     config.model = ml_collections.ConfigDict()
