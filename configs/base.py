@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16
     config.model.n_kv_heads = 0  # grouped-query attention: KV heads (0: one per query head)
     config.model.tie_embeddings = False  # share the input embedding with the output head
+    config.model.vocab_multiple = 0  # pad embedding/head rows to a multiple (0: auto, 128 on GPU/TPU, 1 on CPU)
     config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
     # attention kernel: auto (splash on TPU, cudnn on GPU or triton when packed, xla on CPU),
     # xla (reference, builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash

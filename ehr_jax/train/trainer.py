@@ -497,6 +497,8 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "n_layers": model_cfg.n_layers,
         "d_model": model_cfg.d_model,
         "model_size": model_cfg.size_name,
+        "vocab_size": model_cfg.vocab_size,
+        "vocab_rows": model_cfg.vocab_rows,  # embedding rows with model.vocab_multiple padding
         "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
         "tokens_seen": tokens,
         "target_tokens_seen": loop.target_tokens,
