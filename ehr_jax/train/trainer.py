@@ -70,6 +70,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         raise ConfigError(f"train.global_batch_size={config.train.global_batch_size} must be a "
                           f"multiple of the {batch_shards} batch shards (data x fsdp) of "
                           f"mesh.shape={tuple(config.mesh.shape)}")
+    parallel.check_batch_layout(mesh, config.train.global_batch_size)
 
     # Data: every process reads its rows of each batch.
     manifest = shards.read_manifest(prepared_dir)
