@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 0  # Grain worker processes (0: read in the training process)
     config.data.min_code_count = 10  # codes seen fewer times in train become the unknown token
     config.data.num_quantiles = 10  # value bins per numeric code (deciles), fitted on train
+    config.data.prepare_wait_s = 21600.0  # multi-process jobs: how long the others wait for process 0's prepare
     config.data.records_per_shard = 2000  # patients per ArrayRecord shard
 
     config.model = ml_collections.ConfigDict()
