@@ -60,6 +60,7 @@ def test_total_n_and_6nd_are_selectable():
     assert (s.dataset.points.c != s.dataset.points.budget).any()  # 6ND varies inside an IsoFLOP group
 
 
+@pytest.mark.slow
 def test_cli_names_file_and_line_of_malformed_input(tmp_path):
     path = tmp_path / "results.jsonl"
     lines = [json.dumps(r) for r in law_summaries(Law(), (1e15, 1e16), sizes_per_budget=3)]
