@@ -43,7 +43,8 @@ _ATTENTION = flags.DEFINE_string("attention", "auto", "config.model.attention. a
 _ACCUM = flags.DEFINE_integer("accum", 1, "Gradient-accumulation steps (micro-batches per step).")
 _CHOOSE = flags.DEFINE_bool("choose", False, "Run the trainer's memory pre-flight instead (from "
                             "--remat, accumulation auto) against --device_gib; print every try.")
-_DEVICE_GIB = flags.DEFINE_float("device_gib", 80.0, "Memory of one device, for the fits column.")
+_DEVICE_GIB = flags.DEFINE_float("device_gib", 80.0, "Memory of one device, for the fits column "
+                                  "(--choose: 0 reads the device's bytes_limit, as training does).")
 _LIBTPU = flags.DEFINE_string("libtpu_path", "", "Folder holding the libtpu package (pip --target).")
 
 
@@ -168,6 +169,9 @@ def choose(size_name: str, mesh) -> None:
     except ConfigError as error:
         print(f"{size_name:>10} {plan.n_params:>14,}  error: {error}", flush=True)
         return
+    if not fit.tried:
+        print(f"{size_name:>10} {plan.n_params:>14,}  pre-flight skipped: the device reports no "
+              "memory limit (pass --device_gib)", flush=True)
     for entry in fit.summary()["tried"]:
         chosen = (entry["remat"], entry["grad_accum_steps"]) == (fit.setting.remat,
                                                                   fit.setting.accum_steps)
@@ -197,7 +201,7 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)
         print(f"{'size':>10} {'params':>14} {'remat':>6} {'accum':>6} {'peak GiB':>9} "
               f"{'compile s':>9} pre-flight (usable: {memory_usable_gib():.1f} of "
-              f"{_DEVICE_GIB.value:g} GiB)", flush=True)
+              f"{_DEVICE_GIB.value:g} GiB; 0: the device's own bytes_limit)", flush=True)
         for name in _SIZES.value:
             choose(name, mesh)
         return
