@@ -58,12 +58,13 @@ _BUCKETS = 1024  # keys of the subject checks' shuffle (arrays of ids per key an
 
 
 def prepare(meds_dir: str, out_dir: str, *, min_code_count: int = 10, num_quantiles: int = 10,
-            records_per_shard: int = 2000, pipeline_args: list[str] | tuple = DEFAULT_ARGS) -> dict:
+            records_per_shard: int = 2000, max_text_values: int = prep.MAX_TEXT_VALUES,
+            pipeline_args: list[str] | tuple = DEFAULT_ARGS) -> dict:
     """Tokenizes a MEDS dataset with Beam; returns the manifest (reused when up to date).
 
     meds_dir and out_dir are local paths or URLs Beam's filesystems know (gs://, s3://).
     """
-    settings = prep.check_settings(min_code_count, num_quantiles, records_per_shard)
+    settings = prep.check_settings(min_code_count, num_quantiles, records_per_shard, max_text_values)
     ds = open_dataset(meds_dir)
     out = _Out(out_dir)
     hashes = {"settings_hash": prep.settings_hash(settings), "input_fingerprint": _fingerprint(ds)}
@@ -138,9 +139,10 @@ def _pipeline(files: list[tuple], read: "_ReadSpec", table: str | None, out: "_O
               pipeline_args: list[str]) -> None:
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as p:
         tokenizer = (p | "TrainFiles" >> beam.Create([f for f in files if f[0] == "train"])
-                     | "FitFile" >> beam.ParDo(_FitFile(read))
+                     | "FitFile" >> beam.ParDo(_FitFile(read, settings["max_text_values"]))
                      | "Fit" >> beam.CombineGlobally(_FitCombine(settings["min_code_count"],
-                                                                 settings["num_quantiles"])))
+                                                                 settings["num_quantiles"],
+                                                                 settings["max_text_values"])))
         encoded = (p | "Files" >> beam.Create(files) | beam.Reshuffle()
                    | "Encode" >> beam.ParDo(_EncodeFile(read, out.root, settings["records_per_shard"]),
                                             beam.pvalue.AsSingleton(tokenizer))
@@ -218,12 +220,12 @@ class _ReadSpec:
 class _FitFile(beam.DoFn):
     """The fit's partial statistics of one train file."""
 
-    def __init__(self, read: _ReadSpec):
-        self.read = read
+    def __init__(self, read: _ReadSpec, max_text_values: int):
+        self.read, self.max_text_values = read, max_text_values
 
     def process(self, element):
         split, _, path = element
-        stats = vocab.FitStats()
+        stats = vocab.FitStats(self.max_text_values)
         for frame in self.read.frames(split, path, collections.Counter()):
             stats.add_frame(frame)
         yield stats
@@ -232,11 +234,12 @@ class _FitFile(beam.DoFn):
 class _FitCombine(beam.CombineFn):
     """Merges partial fits (order-free) and returns the fitted tokenizer as JSON."""
 
-    def __init__(self, min_code_count: int, num_quantiles: int):
+    def __init__(self, min_code_count: int, num_quantiles: int, max_text_values: int):
         self.min_code_count, self.num_quantiles = min_code_count, num_quantiles
+        self.max_text_values = max_text_values
 
     def create_accumulator(self):
-        return vocab.FitStats()
+        return vocab.FitStats(self.max_text_values)
 
     def add_input(self, accumulator, stats):
         return accumulator.merge(stats)

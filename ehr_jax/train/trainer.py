@@ -29,7 +29,7 @@ from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
 from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
-from ehr_jax.train import checkpoint, memory, metrics, optim
+from ehr_jax.train import branch, checkpoint, memory, metrics, optim
 from ehr_jax.train.profiler import StepProfiler
 
 Batch = dict[str, np.ndarray]
@@ -113,9 +113,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         return step_program(state, batch, schedule_inputs)
 
     # Restore: parameters, optimizer state and loader position come back together.
+    # A cooldown branch starts from its source run's checkpoint (ehr_jax.train.branch) until it
+    # has one of its own.
     checkpointer = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+        keep_steps=tuple(config.train.keep_steps))
     restored = checkpointer.restore_latest(checkpoint.abstract_like(state))
+    if restored is None and config.train.branch_from:
+        restored = branch.restore(config, schedule, checkpoint.abstract_like(state),
+                                  tokens_per_step=plan.tokens_per_step,
+                                  flops_per_token=plan.flops_per_token)
     meta: dict = {}
     if restored is not None:
         if restored.step > plan.steps:
@@ -152,8 +159,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     type_names = metrics.token_type_names(shards.read_vocab(prepared_dir))
 
     wall_s = meta.get("wall_s", 0.0) + time.perf_counter() - wall_start
-    summary = build_summary(config, workdir, plan, model_cfg, manifest, loop, val, type_names,
-                            wall_s, fit, num_windows=data_loader.num_windows(
+    summary = build_summary(config, workdir, plan, schedule, model_cfg, manifest, loop, val,
+                            type_names, wall_s, fit, num_windows=data_loader.num_windows(
                                 prepared_dir, "train", plan.seq_len))
     if is_writer:  # summary.json last: a run dir holding it is done for the sweep
         rundir.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
@@ -408,6 +415,7 @@ class TrainLoop:
         self.train_step, self.eval_step = train_step, eval_step
         self.loader, self.val_batches, self.batch_sharding = loader, val_batches, batch_sharding
         self.checkpointer, self.writer, self.chrono = checkpointer, writer, chrono
+        self.keep_steps = frozenset(int(s) for s in train_cfg.keep_steps)
         window = max(1, min(int(train_cfg.log_every), plan.steps))
         self.recent_losses = collections.deque(meta.get("recent_losses", []), maxlen=window)
         self.target_tokens = int(meta.get("target_tokens", 0))
@@ -434,7 +442,8 @@ class TrainLoop:
             pending = (step + 1, step_metrics)
             done = step + 1
             eval_due = bool(self.cfg.eval_every) and done % self.cfg.eval_every == 0
-            save_due = done % self.cfg.checkpoint_every == 0 or done == self.plan.steps
+            save_due = (done % self.cfg.checkpoint_every == 0 or done == self.plan.steps
+                        or done in self.keep_steps)
             if (eval_due and done < self.plan.steps) or save_due:
                 self.record(*pending)  # also the NaN check before anything is saved
                 pending = None
@@ -483,10 +492,15 @@ class TrainLoop:
 
 
 def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
-                  model_cfg: transformer.ModelConfig, manifest: dict, loop: TrainLoop,
-                  val: metrics.ValLosses, type_names: np.ndarray, wall_s: float,
+                  schedule: optim.Schedule, model_cfg: transformer.ModelConfig, manifest: dict,
+                  loop: TrainLoop, val: metrics.ValLosses, type_names: np.ndarray, wall_s: float,
                   fit: memory.Fit, num_windows: int) -> dict:
-    """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient."""
+    """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient.
+
+    A cooldown branch's wall_s includes its source run's time up to the branch point (what an
+    independent run would have taken); branched_from_step says where it started.
+    """
+    branch_from = config.train.branch_from
     tokens = plan.steps * plan.tokens_per_step
     rates = loop.chrono.rates()
     provenance = manifest.get("provenance", {})
@@ -512,10 +526,15 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "val_loss": val.mean,
         "loss_by_token_type": metrics.loss_by_token_type(val, type_names),
         "epochs_over_data": plan.steps * plan.global_batch_size / max(num_windows, 1),
+        "unique_tokens": manifest["splits"]["train"]["num_tokens"],
+        "seed": int(config.seed),
         "steps": plan.steps,
         "global_batch_size": plan.global_batch_size,
         "seq_len": plan.seq_len,
         "peak_lr": plan.peak_lr,
+        **schedule.describe(),
+        "branched_from": os.path.basename(os.path.normpath(branch_from)) if branch_from else None,
+        "branched_from_step": int(config.train.branch_step) if branch_from else None,
         "wall_s": wall_s,
         "tokens_per_s": rates["tokens_per_s"],
         "mfu": rates["mfu"],
