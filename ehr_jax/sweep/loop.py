@@ -107,41 +107,70 @@ def _plan(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) ->
 def _run_points(config, workdir, data_dirs, points, train_fn, evaluate_fn) -> dict:
     """Every point in order; finished ones skipped, failures recorded, progress with ETA.
 
+    Each run is trained under its run dir's lock, so sweeps sharing a workdir (a second
+    invocation, launcher jobs) never train one run twice: a run another process holds is left
+    for last, then waited for, and is skipped when that process finished it.
     data_dirs: (prepared_dir, meds_dir) shared by every run.
     """
     outcome = {"finished": [], "trained": [], "failed": [], "skipped": []}
     total_flops = sum(p.budget for p in points)
     done_flops, timings = 0.0, []  # timings: (budget, seconds) of runs trained now
     start = time.monotonic()
-    for i, point in enumerate(points, 1):
+    queue = [(point, False) for point in points]  # (grid point, wait for its lock)
+    i = 0
+    while queue:
+        point, wait = queue.pop(0)
         run_dir = os.path.join(workdir, rundir.RUNS, point.name)
-        already_done = os.path.exists(os.path.join(run_dir, rundir.SUMMARY))
-        logging.info("Sweep run %d/%d %s: C=%.3g FLOPs, N=%d, D=%.3g tokens, %d steps, "
-                     "%.2f epochs%s", i, len(points), point.name, point.budget, point.n_params,
-                     point.tokens, point.steps, point.epochs,
-                     " (finished before, skipping)" if already_done else "")
-        cfg = grid_lib.run_config(config, point, *data_dirs)
+        lock = rundir.Lock(run_dir, rundir.RUN_LOCK, f"sweep run {point.name}")
+        if not _take(lock, wait):
+            logging.info("Sweep run %s is in use by %s; doing the other runs first", point.name,
+                         lock.holder() or "another process")
+            queue.append((point, True))
+            continue
+        i += 1
         try:
-            if not already_done:
-                run_start = time.monotonic()
-                train_fn(cfg, run_dir, data_dirs[0])
-                timings.append((point.budget, time.monotonic() - run_start))
-                outcome["trained"].append(point.name)
-            summary = _evaluated_summary(run_dir, cfg, data_dirs[0], evaluate_fn)
-            if _is_writer():
-                registry.record_result(workdir, summary, point.name)
-            outcome["finished"].append(point.name)
-        except Exception as e:  # one run failing must not stop the others  # noqa: BLE001
-            logging.exception("Sweep run %s failed; going on with the others", point.name)
-            if _is_writer():
-                registry.record_failure(workdir, point.name, e)
-            outcome["failed"].append(point.name)
+            _run_point(config, workdir, data_dirs, point, run_dir, train_fn, evaluate_fn,
+                       outcome, timings, f"{i}/{len(points)}")
+        finally:
+            lock.release()
         done_flops += point.budget
-        eta = _eta_seconds(timings, [p.budget for p in points[i:]])
+        eta = _eta_seconds(timings, [p.budget for p, _ in queue])
         logging.info("Sweep progress: %d/%d runs, %.1f%% of FLOPs, %s elapsed%s", i, len(points),
                      100.0 * done_flops / total_flops if total_flops else 100.0,
                      _clock(time.monotonic() - start), f", ETA {_clock(eta)}" if eta else "")
     return outcome
+
+
+def _take(lock: rundir.Lock, wait: bool) -> bool:
+    """Process 0 takes the run's lock (waiting or not); every process learns whether it did."""
+    from ehr_jax import parallel
+
+    return parallel.agree(lock.acquire(wait=wait) if _is_writer() else True)
+
+
+def _run_point(config, workdir, data_dirs, point, run_dir, train_fn, evaluate_fn, outcome,
+               timings, position: str) -> None:
+    """One run, its lock held: trained unless finished, evaluated when asked, then recorded."""
+    already_done = os.path.exists(os.path.join(run_dir, rundir.SUMMARY))
+    logging.info("Sweep run %s %s: C=%.3g FLOPs, N=%d, D=%.3g tokens, %d steps, %.2f epochs%s",
+                 position, point.name, point.budget, point.n_params, point.tokens, point.steps,
+                 point.epochs, " (finished before, skipping)" if already_done else "")
+    cfg = grid_lib.run_config(config, point, *data_dirs)
+    try:
+        if not already_done:
+            run_start = time.monotonic()
+            train_fn(cfg, run_dir, data_dirs[0])
+            timings.append((point.budget, time.monotonic() - run_start))
+            outcome["trained"].append(point.name)
+        summary = _evaluated_summary(run_dir, cfg, data_dirs[0], evaluate_fn)
+        if _is_writer():
+            registry.record_result(workdir, summary, point.name)
+        outcome["finished"].append(point.name)
+    except Exception as e:  # one run failing must not stop the others  # noqa: BLE001
+        logging.exception("Sweep run %s failed; going on with the others", point.name)
+        if _is_writer():
+            registry.record_failure(workdir, point.name, e)
+        outcome["failed"].append(point.name)
 
 
 def _enable_compilation_cache(workdir: str) -> None:
