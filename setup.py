@@ -28,7 +28,8 @@ setuptools.setup(
         "meds>=0.4,<0.5",
     ],
     extras_require={
-        "test": ["pytest>=8", "meds-testing-helpers>=0.3", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
+        "test": ["pytest>=8", "ruff>=0.6", "meds-testing-helpers>=0.3", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6"],
         "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "tensorboard>=2.16"],
     },
 )

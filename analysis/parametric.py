@@ -14,8 +14,8 @@ import dataclasses
 import itertools
 
 import numpy as np
-from absl import logging
 import threadpoolctl
+from absl import logging
 from scipy import optimize, special
 
 from analysis import powerlaw

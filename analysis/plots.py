@@ -144,7 +144,8 @@ def plot_utility(study: Study) -> plt.Figure | None:
         fit, lo, hi = u.law.band(span)
         ax.scatter(u.law.x, 1 - u.law.y, color=color, s=14)
         est = u.law.exponent_ci
-        ax.plot(span, 1 - fit, color=color, label=f"{u.task}/{u.method}: exp {est.value:.3f} [{est.lo:.3f}, {est.hi:.3f}]")
+        label = f"{u.task}/{u.method}: exp {est.value:.3f} [{est.lo:.3f}, {est.hi:.3f}]"
+        ax.plot(span, 1 - fit, color=color, label=label)
         ax.fill_between(span, 1 - hi, 1 - lo, color=color, alpha=0.15, lw=0)
     for ax, label in zip(axes, (N_LABELS.get(study.dataset.points.n_key, "N"), "validation loss")):
         ax.set_xscale("log")

@@ -29,7 +29,8 @@ def _ci(est) -> str:
 
 def _noise_text(p: isoflop.Profile) -> str:
     sizes = p.sizes
-    seeds = f"{sizes.seeds.min()}" if sizes.seeds.min() == sizes.seeds.max() else f"{sizes.seeds.min()}-{sizes.seeds.max()}"
+    low, high = sizes.seeds.min(), sizes.seeds.max()
+    seeds = f"{low}" if low == high else f"{low}-{high}"
     if sizes.noise_model == "residual":
         return f"{seeds} seed(s)/size, residual noise"
     return f"{seeds} seeds/size, SE {sizes.se.min():.2g}-{sizes.se.max():.2g}"
@@ -76,7 +77,8 @@ def _constrained_lines(s: study.Study) -> list[str]:
                      "had every token been new):")
     for plan in s.constrained_plans:
         lines.append(f"  U={plan.unique_tokens:.3g}, C={plan.budget:.3g}: N {_ci(plan.n_opt)}, D {_ci(plan.d_opt)}, "
-                     f"epochs {_ci(plan.epochs)}, loss {_ci(plan.loss)} (unlimited data {_ci(plan.loss_unconstrained)})")
+                     f"epochs {_ci(plan.epochs)}, loss {_ci(plan.loss)} "
+                     f"(unlimited data {_ci(plan.loss_unconstrained)})")
     return lines
 
 

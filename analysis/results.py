@@ -3,7 +3,8 @@
 Each line is one run summary (see ARCHITECTURE: run_name, n_params, n_params_non_embedding,
 tokens_seen, flops, flops_6nd, val_loss, epochs_over_data, grid_point {budget, size, seed},
 optional seed, unique_tokens and evaluation). A line without a seed is seed 0 of a single-seed
-study; a line without unique_tokens takes its dataset's size from tokens_seen / epochs_over_data. Malformed input raises DataError naming the file and line; runs that
+study; a line without unique_tokens takes its dataset's size from tokens_seen / epochs_over_data.
+Malformed input raises DataError naming the file and line; runs that
 cannot enter a fit (failed, non-finite loss, repeated) are excluded and counted, not guessed at.
 """
 
@@ -136,11 +137,11 @@ def _budget_of(record: dict) -> float | None:
     return float(budget) if _finite_positive(budget) else None
 
 
-def seed_of(record: dict) -> int:
+def seed_of(record: dict, path: str = "") -> int:
     """The run's training seed: grid_point.seed, else seed, else 0 (a single-seed study)."""
     seed = _grid_point(record).get("seed", record.get("seed", 0))
     if isinstance(seed, bool) or not isinstance(seed, (int, float)) or seed != int(seed):
-        raise DataError(f"line {record.get('_line', '?')}: seed={seed!r} in run {record.get('run_name', '?')}; "
+        raise DataError(f"{path}:{record.get('_line', '?')}: seed={seed!r} in run {record.get('run_name', '?')}; "
                         "expected an integer")
     return int(seed)
 
@@ -180,14 +181,15 @@ def dataset_labels(unique_tokens: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _dedupe(summaries: list[dict], warnings: list[str]) -> tuple[list[dict], int]:
+def _dedupe(path: str, summaries: list[dict], warnings: list[str]) -> tuple[list[dict], int]:
     """A sweep rerun may append a run twice; the last line wins.
 
     Two seeds, or two datasets, of one grid point may share a run name: they are different runs.
     """
     by_name: dict = collections.OrderedDict()
     for record in summaries:
-        key = (record.get("run_name", f"<line {record['_line']}>"), seed_of(record), str(record.get("unique_tokens")))
+        name = record.get("run_name", f"<line {record['_line']}>")
+        key = (name, seed_of(record, path), str(record.get("unique_tokens")))
         by_name[key] = record
     duplicates = len(summaries) - len(by_name)
     if duplicates:
@@ -204,7 +206,7 @@ def to_dataset(path: str, summaries: list[dict], n: str = DEFAULT_N, flops_key: 
     warnings: list[str] = []
     # In-memory summaries (tests, notebooks) have no file line; number them as if they had.
     summaries = [{"_line": i, **r} for i, r in enumerate(summaries, start=1)]
-    summaries, duplicates = _dedupe(summaries, warnings)
+    summaries, duplicates = _dedupe(path, summaries, warnings)
     excluded = {"failed": 0, "non_finite_loss": 0, "duplicate": duplicates}
     usable = []
     for record in summaries:
@@ -240,7 +242,7 @@ def to_dataset(path: str, summaries: list[dict], n: str = DEFAULT_N, flops_key: 
         d=np.array([float(r["tokens_seen"]) for r in usable]),
         c=c, budget=budgets,
         loss=np.array([float(r["val_loss"]) for r in usable]),
-        seed=np.array([seed_of(r) for r in usable], dtype=int), unique_tokens=unique_tokens,
+        seed=np.array([seed_of(r, path) for r in usable], dtype=int), unique_tokens=unique_tokens,
         dataset=dataset_labels(unique_tokens), n_key=N_KEYS[n], flops_key=flops_key)
     return Dataset(path=path, summaries=usable, points=points, excluded=excluded, warnings=warnings)
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import logging
-
 import numpy as np
+from absl import logging
 
 from analysis import constrained, isoflop, parametric, planner, powerlaw, results, utility
 from ehr_jax.errors import DataError

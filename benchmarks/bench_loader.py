@@ -18,10 +18,10 @@ import grain
 import numpy as np
 from absl import app, flags
 
-import machine
-
-from ehr_jax.data import loader, shards
 from ehr_jax import rundir
+from ehr_jax.data import loader, shards
+
+import machine
 
 _NUM_PATIENTS = flags.DEFINE_integer("num_patients", 4000, "synthetic patients in the train split")
 _MEAN_TOKENS = flags.DEFINE_integer("mean_tokens", 800, "mean tokens per patient")

@@ -20,11 +20,11 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-import machine
-
 from ehr_jax.evaluation import zero_shot
 from ehr_jax.evaluation.tasks import OutcomeRule
 from ehr_jax.model import transformer
+
+import machine
 
 _SIZES = flags.DEFINE_list("sizes", ["d32-l1", "d64-l2"], "Model sizes from the ladder.")
 _VOCAB = flags.DEFINE_integer("vocab", 1024, "Vocabulary size.")

@@ -17,9 +17,9 @@ import time
 
 from absl import app, flags
 
-import machine
-
 from ehr_jax import synthetic
+
+import machine
 
 _SIZES = flags.DEFINE_list("sizes", ["10000", "100000"], "Numbers of subjects to generate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Generator seed.")

@@ -18,9 +18,8 @@ benchmarks/train_throughput.py alternately for a few rounds (docs/PERFORMANCE.md
 
 import argparse
 import os
-import time
-
 import sys
+import time
 
 import torch
 import torch.nn.functional as F

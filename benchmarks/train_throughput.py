@@ -16,11 +16,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-import machine
-
 from ehr_jax import config_files, parallel
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import optim, trainer
+
+import machine
 
 _SIZES = flags.DEFINE_list("sizes", ["d64-l2", "d128-l4", "d256-l6", "d320-l6"],
                            "Ladder names to measure (those that fit the machine).")

@@ -11,8 +11,8 @@ command per run for launchers. Preset `:eval` also evaluates every finished run.
 import ml_collections
 
 from ehr_jax import config_files
-from ehr_jax.sweep import grid
 from ehr_jax.errors import ConfigError
+from ehr_jax.sweep import grid
 
 PRESETS = ("", "eval")  # values of the `:preset` suffix this file accepts
 

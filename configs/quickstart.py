@@ -13,8 +13,8 @@ analysis fits clinical utility against model size.
 import ml_collections
 
 from ehr_jax import config_files
-from ehr_jax.sweep import grid
 from ehr_jax.errors import ConfigError
+from ehr_jax.sweep import grid
 
 PRESETS = ("", "tiny", "eval")  # values of the `:preset` suffix this file accepts
 

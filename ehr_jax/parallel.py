@@ -10,9 +10,9 @@ import math
 import os
 from collections.abc import Callable, Sequence
 
+import flax.core.spmd as core_spmd
 import jax
 from absl import logging
-import flax.core.spmd as core_spmd
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 

@@ -9,11 +9,10 @@ import time
 import numpy as np
 import pytest
 
-import train_fixtures
-
 from ehr_jax.train import trainer
 
-train_fixtures.use_compile_cache()
+import train_fixtures
+
 STEPS = 12
 
 

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from ehr_jax import main
-from ehr_jax.sweep import grid
 from ehr_jax.errors import ConfigError
+from ehr_jax.sweep import grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from analysis import constrained, planner, report, results, study
-from analysis.synthetic_results import (CONSTRAINED_BUDGETS, CONSTRAINED_UNIQUE_TOKENS, ConstrainedLaw, Law,
-                                        constrained_summaries, law_summaries, write_jsonl)
+from analysis.synthetic_results import (
+    CONSTRAINED_BUDGETS,
+    CONSTRAINED_UNIQUE_TOKENS,
+    ConstrainedLaw,
+    Law,
+    constrained_summaries,
+    law_summaries,
+    write_jsonl,
+)
 from ehr_jax.errors import DataError
 
 LAW = ConstrainedLaw(Law(), r_star_d=15.0)

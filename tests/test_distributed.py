@@ -15,11 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-import train_fixtures
-
 from ehr_jax.train import trainer
 
-train_fixtures.use_compile_cache()
+import train_fixtures
+
 STEPS = 8
 CHILD = os.path.join(train_fixtures.REPO, "tests", "train_child.py")
 

@@ -9,12 +9,13 @@ import os
 import polars as pl
 import pytest
 
-from ehr_jax.data import prepare
 from ehr_jax import synthetic
+from ehr_jax.data import prepare
 from ehr_jax.errors import DataError
 from ehr_jax.evaluation import runner
-from ehr_jax.train import checkpoint, optim, trainer
 from ehr_jax.model import transformer
+from ehr_jax.train import checkpoint, optim, trainer
+
 from tests.train_fixtures import base_config
 
 FIELDS = {"auroc", "auroc_ci", "auprc", "auprc_ci", "brier", "brier_ci", "n_cases", "n_positive",

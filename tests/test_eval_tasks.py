@@ -19,6 +19,11 @@ def at(days: float) -> dt.datetime:
     return T0 + dt.timedelta(days=days)
 
 
+def epoch_plus_hours(hours: float) -> dt.datetime:
+    """A naive UTC datetime `hours` after 1e9 seconds since the epoch (where record() timelines start)."""
+    return dt.datetime.fromtimestamp(10**9 + int(hours * 3600), dt.UTC).replace(tzinfo=None)
+
+
 def meds_frame() -> pl.DataFrame:
     rows = [
         # 1: ICU on day 3, dies in hospital on day 9 (MIMIC spelling: DIED discharge + MEDS_DEATH)
@@ -51,7 +56,8 @@ def test_mortality():
 
 def test_icu_admission_at_admission_excludes_stays_already_in_icu():
     frame = pl.concat([meds_frame(), pl.DataFrame(
-        [(5, at(0), "HOSPITAL_ADMISSION//X"), (5, at(0), "ICU_ADMISSION//MICU"), (5, at(4), "HOSPITAL_DISCHARGE//HOME")],
+        [(5, at(0), "HOSPITAL_ADMISSION//X"), (5, at(0), "ICU_ADMISSION//MICU"),
+         (5, at(4), "HOSPITAL_DISCHARGE//HOME")],
         schema=MEDS, orient="row")])
     assert as_rows(tasks.derive_labels("icu_admission", [frame])) == [
         (1, 0.0, True), (2, 0.0, False), (2, 20.0, True), (3, 0.0, False), (3, 50.0, False)]
@@ -145,7 +151,7 @@ def record(subject_id=1) -> PatientRecord:
 
 def test_no_future_event_leaks_into_the_prompt():
     """Prediction at hour 30: every token at or before it is usable, nothing after it."""
-    labels = pl.DataFrame({"subject_id": [1, 1], "prediction_time": [dt.datetime.fromtimestamp(10**9 + 30 * 3600, dt.UTC).replace(tzinfo=None)] * 2,
+    labels = pl.DataFrame({"subject_id": [1, 1], "prediction_time": [epoch_plus_hours(30)] * 2,
                            "boolean_value": [True, False]})
     cases = tasks.build_cases(labels, [record(7), record(1)], VOCAB, prompt_len=1000)
     full = cases.prompts[0]
@@ -158,7 +164,7 @@ def test_no_future_event_leaks_into_the_prompt():
 
 
 def test_horizon_counts_from_the_last_event():
-    labels = pl.DataFrame({"subject_id": [1], "prediction_time": [dt.datetime.fromtimestamp(10**9 + int(30.5 * 3600), dt.UTC).replace(tzinfo=None)],
+    labels = pl.DataFrame({"subject_id": [1], "prediction_time": [epoch_plus_hours(30.5)],
                            "boolean_value": [True]})
     cases = tasks.build_cases(labels, [record(1)], VOCAB, prompt_len=64)
     long_stay = cases.horizon_seconds(tasks.BUILTIN_RULES["long_stay"])  # admission + 7 days
@@ -170,7 +176,7 @@ def test_horizon_counts_from_the_last_event():
 
 @pytest.mark.parametrize("hours", [-1, 41])
 def test_prediction_time_outside_timeline(hours):
-    labels = pl.DataFrame({"subject_id": [1], "prediction_time": [dt.datetime.fromtimestamp(10**9 + hours * 3600, dt.UTC).replace(tzinfo=None)],
+    labels = pl.DataFrame({"subject_id": [1], "prediction_time": [epoch_plus_hours(hours)],
                            "boolean_value": [True]})
     with pytest.raises(DataError, match="'prediction_time'.*outside"):
         tasks.build_cases(labels, [record(1)], VOCAB, prompt_len=16)

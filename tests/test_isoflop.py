@@ -177,7 +177,7 @@ def test_seeds_are_read_and_kept_apart():
     assert dataset.excluded["duplicate"] == 1
     assert len(dataset.points) == 21  # same run names, different seeds: different runs
     assert dataset.points.seed[:3].tolist() == [0, 7, 0]
-    with pytest.raises(DataError, match="seed='x'"):
+    with pytest.raises(DataError, match="mem.jsonl:1: seed='x'"):
         results.to_dataset("mem.jsonl", [{**rows[0], "seed": "x"}])
 
 

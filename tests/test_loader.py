@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from ehr_jax.data import loader, shards
 from ehr_jax import rundir
+from ehr_jax.data import loader, shards
 from ehr_jax.errors import ConfigError, DataError
 
 SEQ_LEN = 16

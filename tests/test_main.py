@@ -7,8 +7,6 @@ import sys
 
 import train_fixtures
 
-train_fixtures.use_compile_cache()
-
 
 def _main(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ehr_jax.main", *args], cwd=train_fixtures.REPO,

@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from meds_fixtures import BASE, frame, patient, small_dataset, write_meds  # noqa: E402
-
 from ehr_jax.data import meds  # noqa: E402
 from ehr_jax.errors import DataError  # noqa: E402
+
+from meds_fixtures import BASE, frame, patient, small_dataset, write_meds  # noqa: E402
 
 T1 = BASE + dt.timedelta(hours=1)
 

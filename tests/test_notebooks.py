@@ -24,7 +24,7 @@ def test_notebook_executes_and_draws_every_plot(path, tmp_path, monkeypatch):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 4  # IsoFLOP, N_opt/D_opt, frontier, utility
+    assert len(images) >= 5  # IsoFLOP, N_opt/D_opt, frontier, utility, repetition (the example repeats data)
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "N_opt = k C^a" in text and "C=" in text
     assert (tmp_path / "analysis_out" / "fit.json").exists()

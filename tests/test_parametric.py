@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analysis import parametric, utility, results
+from analysis import parametric, results, utility
 from analysis.synthetic_results import Law, example_summaries, law_summaries
 from ehr_jax.errors import DataError
 

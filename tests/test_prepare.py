@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from meds_fixtures import BASE, frame, patient, small_dataset, write_meds  # noqa: E402
-
 from ehr_jax.data import prepare as prep  # noqa: E402
 from ehr_jax.data import shards, tokenize  # noqa: E402
 from ehr_jax.errors import ConfigError, DataError  # noqa: E402
+
+from meds_fixtures import BASE, frame, patient, small_dataset, write_meds  # noqa: E402
 
 SETTINGS = dict(min_code_count=1, num_quantiles=4, records_per_shard=4)
 

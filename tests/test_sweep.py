@@ -10,9 +10,9 @@ import ml_collections
 import pytest
 
 from ehr_jax import main, rundir, sweep
-from ehr_jax.sweep import commands, grid, loop, registry
 from ehr_jax.errors import ConfigError
 from ehr_jax.model import sizes
+from ehr_jax.sweep import commands, grid, loop, registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 300

@@ -30,10 +30,12 @@ def stay_outcomes(df: pl.DataFrame) -> pl.DataFrame:
            .select("subject_id", pl.col("time").alias("start"))
            .with_columns(pl.int_range(pl.len()).over("subject_id").alias("k")))
     dis = (timed.filter(pl.col("code").str.starts_with("HOSPITAL_DISCHARGE//"))
-           .select("subject_id", pl.col("time").alias("end"), (pl.col("code") == "HOSPITAL_DISCHARGE//DIED").alias("died"))
+           .select("subject_id", pl.col("time").alias("end"),
+                   (pl.col("code") == "HOSPITAL_DISCHARGE//DIED").alias("died"))
            .with_columns(pl.int_range(pl.len()).over("subject_id").alias("k")))
     stays = adm.join(dis, on=["subject_id", "k"], how="inner")
-    icu = timed.filter(pl.col("code").str.starts_with("ICU_ADMISSION//")).select("subject_id", pl.col("time").alias("icu_time"))
+    icu = (timed.filter(pl.col("code").str.starts_with("ICU_ADMISSION//"))
+           .select("subject_id", pl.col("time").alias("icu_time")))
     in_icu = (stays.join(icu, on="subject_id").filter(pl.col("icu_time").is_between(pl.col("start"), pl.col("end")))
               .select("subject_id", "k").unique().with_columns(pl.lit(True).alias("icu")))
     stays = stays.join(in_icu, on=["subject_id", "k"], how="left").with_columns(pl.col("icu").fill_null(False))
@@ -71,12 +73,13 @@ def test_output_validates_against_meds_schemas(dataset):
 
 def test_splits_are_disjoint_whole_subjects_80_10_10(dataset):
     root, counts, df = dataset
-    per_subject = df.group_by("subject_id").agg(pl.col("split").n_unique(), pl.col("file").n_unique(), pl.col("split").first().alias("s"))
+    per_subject = df.group_by("subject_id").agg(pl.col("split").n_unique(), pl.col("file").n_unique(),
+                                                pl.col("split").first().alias("s"))
     assert per_subject["split"].max() == 1 and per_subject["file"].max() == 1
     splits = pl.read_parquet(root / meds.subject_splits_filepath)
     joined = per_subject.join(splits, on="subject_id")
     assert len(joined) == N_SUBJECTS == splits["subject_id"].n_unique()
-    assert (joined["s"] == joined["split_right"] if "split_right" in joined.columns else joined["s"] == joined["split"]).all()
+    assert (joined["s"] == joined["split_right"]).all()  # per_subject's "split" column is its count
     sizes = splits.group_by("split").len().sort("split")
     assert dict(sizes.iter_rows()) == {"train": 480, "tuning": 60, "held_out": 60}
     assert counts["splits"]["train"]["files"] == 3  # 480 subjects, 200 per file
@@ -102,7 +105,10 @@ def test_same_seed_same_rows_for_any_sharding(tmp_path, dataset):
     synthetic.generate(tmp_path / "a", N_SUBJECTS, seed=3, subjects_per_shard=1000)
     other = read_all(tmp_path / "a")
     cols = ["subject_id", "time", "code", "numeric_value", "text_value"]
-    assert other.sort("subject_id", maintain_order=True).select(cols).equals(df.sort("subject_id", maintain_order=True).select(cols))
+    def rows(frame):
+        return frame.sort("subject_id", maintain_order=True).select(cols)
+
+    assert rows(other).equals(rows(df))
     synthetic.generate(tmp_path / "b", 50, seed=4)
     synthetic.generate(tmp_path / "c", 50, seed=4)
     synthetic.generate(tmp_path / "d", 50, seed=5)
@@ -170,7 +176,8 @@ def test_code_frequencies_are_heavy_tailed(dataset):
     assert counts["codes"] == len(freq) >= 1500
     assert freq[: len(freq) // 100].sum() > 0.5 * freq.sum()  # top 1% of codes carry most events
     assert (freq <= 3).mean() > 0.3  # and many codes are rare
-    for prefix in ("DIAGNOSIS//ICD//10//", "DIAGNOSIS//ICD//9//", "PROCEDURE//ICD//", "LAB//", "MEDICATION//", "DRG//HCFA//", "ICU_ADMISSION//"):
+    for prefix in ("DIAGNOSIS//ICD//10//", "DIAGNOSIS//ICD//9//", "PROCEDURE//ICD//", "LAB//", "MEDICATION//",
+                   "DRG//HCFA//", "ICU_ADMISSION//"):
         assert df["code"].str.starts_with(prefix).any(), prefix
 
 
@@ -187,8 +194,8 @@ def test_outcomes_depend_on_history(dataset):
     """Patients coded earlier with a severe chronic condition die more in later stays."""
     _, _, df = dataset
     stays = stay_outcomes(df)
-    severe = [f"DIAGNOSIS//ICD//{v}//{c}" for v, c in [("10", "C7"), ("10", "K7"), ("10", "I50"), ("10", "N18"), ("9", "197"),
-                                                       ("9", "198"), ("9", "571"), ("9", "572"), ("9", "428"), ("9", "585")]]
+    severe = ([f"DIAGNOSIS//ICD//10//{c}" for c in ("C7", "K7", "I50", "N18")]
+              + [f"DIAGNOSIS//ICD//9//{c}" for c in ("197", "198", "571", "572", "428", "585")])
     marker = (df.filter(pl.any_horizontal([pl.col("code").str.starts_with(p) for p in severe]))
               .group_by("subject_id").agg(pl.col("time").min().alias("first_marker")))
     later = stays.join(marker, on="subject_id", how="left").with_columns(
@@ -211,8 +218,8 @@ def test_bad_arguments_and_existing_output(tmp_path):
 
 def test_cli_writes_dataset(tmp_path):
     out = tmp_path / "cli"
-    result = subprocess.run([sys.executable, "-m", "ehr_jax.synthetic", f"--out={out}", "--num_subjects=20", "--seed=1"],
-                            capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "ehr_jax.synthetic", f"--out={out}", "--num_subjects=20", "--seed=1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["subjects"] == 20
     assert (out / meds.dataset_metadata_filepath).exists()

@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from meds_fixtures import frame, patient  # noqa: E402
-
 from ehr_jax.data import tokenize, vocab  # noqa: E402
 from ehr_jax.data.tokenize import INTERVAL_EDGES_S, INTERVAL_TOKENS, interval_tokens  # noqa: E402
+
+from meds_fixtures import frame, patient  # noqa: E402
 
 
 def _fit(frames, min_code_count=1, num_quantiles=10):

@@ -7,13 +7,11 @@ import os
 import numpy as np
 import pytest
 
-import train_fixtures
-
-train_fixtures.use_compile_cache()
-
 from ehr_jax.data import tokenize
 from ehr_jax.errors import ConfigError, EhrJaxError
 from ehr_jax.train import metrics, optim, trainer
+
+import train_fixtures
 
 SUMMARY_FIELDS = {
     "run_name", "n_params", "n_params_non_embedding", "n_layers", "d_model", "tokens_seen",

@@ -16,9 +16,10 @@ from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
 
-import train_fixtures  # noqa: E402
 from ehr_jax import parallel  # noqa: E402
 from ehr_jax.train import trainer  # noqa: E402
+
+import train_fixtures  # noqa: E402
 
 
 def main() -> None:

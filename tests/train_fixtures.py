@@ -1,37 +1,27 @@
 """Tiny prepared datasets and configs for the trainer tests (no MEDS, no tokenizer fitting)."""
 
 import os
-import tempfile
 
 import ml_collections
 import numpy as np
 
-from ehr_jax import config_files
-from ehr_jax import rundir
+from ehr_jax import config_files, rundir
 from ehr_jax.data import shards
 
-COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "ehr_jax_test_compile_cache")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = ["[PAD]", "[UNK]", "[TIMELINE_START]", "[TIMELINE_END]", "TIME//1h", "TIME//1d", "Q//1",
          "Q//2", "AGE//40-44", "GENDER//F", "DIAGNOSIS//ICD//10//I10", "LAB//123//mg/dL",
          "MEDICATION//ATC//A10", "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "MEDS_DEATH"]
 
 
-def use_compile_cache() -> None:
-    """Persistent XLA cache shared by the tests and their child processes (the CPU is shared
-    and small: the same tiny programs are otherwise compiled again in every run)."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def child_env(num_devices: int, **extra: str) -> dict:
-    """Environment for a child training process with `num_devices` CPU devices."""
+    """Environment for a child training process with `num_devices` CPU devices (sharing this
+    pytest run's XLA cache, see conftest.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
-               JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **extra)
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=os.environ["JAX_COMPILATION_CACHE_DIR"],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"],
+               **extra)
     return env
 
 

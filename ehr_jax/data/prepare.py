@@ -25,10 +25,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from ehr_jax import rundir
 from ehr_jax.data import meds, shards, tokenize, vocab
 from ehr_jax.errors import ConfigError, DataError, EhrJaxError
-from ehr_jax import rundir
-
 
 
 def prepare(meds_dir: str | os.PathLike, out_dir: str | os.PathLike, *, min_code_count: int = 10,

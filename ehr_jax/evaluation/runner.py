@@ -14,7 +14,6 @@ Only aggregates are logged: never a subject id.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path

@@ -123,7 +123,8 @@ def procedures(rng, events: Events, stays: Stays, arrays: dict) -> None:
     n_rare = rng.poisson(0.25 + 0.5 * stays.icu)
     row = np.repeat(np.arange(n), n_rare)
     rank = np.searchsorted(arrays["px_pool_cdf"], rng.random(len(row)))
-    codes.append(np.where(stays.icd9[row], arrays["pool_px9"][rank % len(arrays["pool_px9"])], arrays["pool_px10"][rank]))
+    px9 = arrays["pool_px9"]
+    codes.append(np.where(stays.icd9[row], px9[rank % len(px9)], arrays["pool_px10"][rank]))
     rows.append(row)
     row = np.concatenate(rows)
     los = stays.end[row] - stays.start[row]
@@ -147,7 +148,8 @@ def medications(rng, events: Events, stays: Stays, arrays: dict) -> np.ndarray:
     row, drug = np.concatenate([row, rare_row]), np.concatenate([drug, rare])
     los = stays.end[row] - stays.start[row]
     first = stays.start[row] + rng.uniform(0.02, 0.3, len(row)) * los
-    stop = np.where(rng.random(len(row)) < 0.5, stays.end[row], first + rng.uniform(0.2, 1.0, len(row)) * (stays.end[row] - first))
+    stop = np.where(rng.random(len(row)) < 0.5, stays.end[row],
+                    first + rng.uniform(0.2, 1.0, len(row)) * (stays.end[row] - first))
     freq = arrays["drug_freq"][drug]
     n_doses = np.clip(np.floor((stop - first) * freq).astype(np.int64) + 1, 1, 10)
     pair = np.repeat(np.arange(len(row)), n_doses)

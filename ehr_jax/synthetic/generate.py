@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib.metadata
-import json
 import os
 import shutil
 from pathlib import Path
@@ -43,11 +42,11 @@ import pyarrow.parquet as pq
 from absl import logging
 
 from ehr_jax import rundir
+from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.synthetic import events as E
 from ehr_jax.synthetic import measure as M
 from ehr_jax.synthetic.timeline import sample_subjects, simulate
 from ehr_jax.synthetic.vocab import build_vocab
-from ehr_jax.errors import ConfigError, DataError
 
 CODE_PREFIXES = (
     "MEDS_BIRTH", "MEDS_DEATH", "GENDER//", "RACE//", "MARITAL_STATUS//", "INSURANCE//",
@@ -104,7 +103,8 @@ def block_events(seed: int, block: int, num_subjects: int) -> tuple[np.ndarray, 
     assert num_subjects < 2**9 and len(vocab.codes) < 2**13, "sort key fields overflow"
     # One int64 sort key (subject | minute | priority | code) sorts 3-4x faster than lexsort;
     # quicksort is deterministic, and rows with equal keys differ at most in value order.
-    key = (subj.astype(np.int64) << 45) | (np.clip(minute + 1, 0, 2**28 - 1) << 17) | (prio.astype(np.int64) << 13) | code
+    key = ((subj.astype(np.int64) << 45) | (np.clip(minute + 1, 0, 2**28 - 1) << 17)
+           | (prio.astype(np.int64) << 13) | code)
     order = np.argsort(key)
     return subj[order], minute[order], code[order], value[order], text[order]
 

@@ -178,7 +178,8 @@ def _one_stay(rng, subjects: Subjects, idx, start, recent, arrays) -> dict:
     los = np.where(died, los * rng.uniform(0.15, 1.0, n) + 0.05, los)
     # 60% of ICU stays start from the ED within hours; the rest after ward deterioration.
     late = rng.random(n) < 0.4
-    icu_offset = np.where(late, rng.uniform(1.0, np.maximum(1.05, 0.6 * los)), np.minimum(rng.exponential(0.2, n), 0.4 * los))
+    icu_offset = np.where(late, rng.uniform(1.0, np.maximum(1.05, 0.6 * los)),
+                          np.minimum(rng.exponential(0.2, n), 0.4 * los))
     icu_len = np.exp(np.log(1.8) + 0.35 * (acuity - 0.6) + rng.normal(0, 0.6, n))
     icu_len = np.clip(icu_len, 0.4, None)
     los = np.where(icu, np.maximum(los, icu_offset + icu_len + np.where(died, 0.0, 0.3)), los)

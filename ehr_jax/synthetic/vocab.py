@@ -215,13 +215,18 @@ def _drug_arrays(book: _CodeBook, n_cond: int) -> dict:
 def build_vocab() -> Vocab:
     """The generator's code list and parameter arrays (cached; identical in every process)."""
     book = _CodeBook()
-    for code, desc in [("MEDS_BIRTH", "Birth"), ("MEDS_DEATH", "Death"), ("GENDER//F", "Female"), ("GENDER//M", "Male")]:
+    for code, desc in [("MEDS_BIRTH", "Birth"), ("MEDS_DEATH", "Death"), ("GENDER//F", "Female"),
+                       ("GENDER//M", "Male")]:
         book.add(code, desc)
     races = [book.add(f"RACE//{r}", f"Race: {r}") for r, _ in T.RACES]
     marital = [book.add(f"MARITAL_STATUS//{m}", f"Marital status: {m}") for m, _ in T.MARITAL]
     insurance = [book.add(f"INSURANCE//{i}", f"Insurance: {i}") for i in T.INSURANCE]
-    adm_em = np.array([[book.add(f"HOSPITAL_ADMISSION//{t}//{loc}", "Hospital admission") for loc, _ in T.EMERGENCY_LOCATIONS] for t, _ in T.EMERGENCY_TYPES])
-    adm_el = np.array([[book.add(f"HOSPITAL_ADMISSION//{t}//{loc}", "Hospital admission") for loc, _ in T.ELECTIVE_LOCATIONS] for t, _ in T.ELECTIVE_TYPES])
+    def admissions(types, locations):
+        return np.array([[book.add(f"HOSPITAL_ADMISSION//{t}//{loc}", "Hospital admission") for loc, _ in locations]
+                         for t, _ in types])
+
+    adm_em = admissions(T.EMERGENCY_TYPES, T.EMERGENCY_LOCATIONS)
+    adm_el = admissions(T.ELECTIVE_TYPES, T.ELECTIVE_LOCATIONS)
     disch = [book.add(f"HOSPITAL_DISCHARGE//{d}", "Hospital discharge") for d in T.DISCHARGE_LOCATIONS]
     icu_in = [book.add(f"ICU_ADMISSION//{u}", "ICU admission") for u in T.CAREUNITS]
     icu_out = [book.add(f"ICU_DISCHARGE//{u}", "ICU discharge") for u in T.CAREUNITS]
