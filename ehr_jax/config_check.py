@@ -109,20 +109,22 @@ def check_problems(config: ml_collections.ConfigDict, workdir: str,
             problems[key] = f"config.{key}={flat[key]!r}; expected {expected}"
     # The stages check a copy whose reported keys hold base.py's values, so each problem is
     # reported once and the stages still find the others.
-    clean = config.copy_and_resolve_references()
-    with clean.unlocked():
-        for key in problems:
-            if key in reference:
-                group, _, name = key.rpartition(".")
-                (clean[group] if group else clean)[name] = reference[key]
+    clean = config.to_dict()
+    for key in problems:
+        if key in reference:
+            group, _, name = key.rpartition(".")
+            (clean[group] if group else clean)[name] = reference[key]
+    clean = ml_collections.ConfigDict(clean)
+    stage_problems, stage_flagged = [], set()
     for keys, stage_check in _stage_checks(clean, workdir, device_count):
-        if any(k in problems for k in keys[:1]):
-            continue
+        if keys[0] in problems or stage_flagged & set(keys):
+            continue  # what it checks is reported already
         try:
             stage_check()
         except EhrJaxError as error:
-            problems[keys[0]] = str(error)
-    return list(problems.values())
+            stage_problems.append(str(error))
+            stage_flagged.update(keys)
+    return list(problems.values()) + stage_problems
 
 
 def command_line_durations(config: ml_collections.ConfigDict, overrides: dict) -> None:

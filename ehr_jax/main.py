@@ -14,7 +14,6 @@ is reported before any work as `error: ...` with exit status 2.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +51,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, dry_run: bool = Fals
     parallel.initialize_distributed()  # also logs this process and its devices
     workdir = os.path.abspath(workdir)
     config_check.check(config, workdir, jax.device_count())
+    rundir.check_allowed(allow_changes)
     fingerprint = rundir.config_fingerprint(config, workdir)
     problem, _ = rundir.fingerprint_problem(workdir, fingerprint, allow_changes)
     if problem:

@@ -275,6 +275,16 @@ def fingerprint_problem(workdir: str | os.PathLike, fingerprint: dict,
                    "--workdir"), changed
 
 
+def check_allowed(allow: Sequence[str]) -> None:
+    """--allow_changes names only keys (or the groups eval, grid) that may change."""
+    wrong = [a for a in allow if not (a in ("eval", "grid") or _changeable(a))]
+    if wrong:
+        raise ConfigError(f"--allow_changes={','.join(allow)}: {', '.join(wrong)} may not change "
+                          "in a workdir with runs (they decide what was trained); only eval keys "
+                          f"and {', '.join(k for k in CHANGEABLE_KEYS if k.startswith('grid'))} "
+                          "may")
+
+
 def _changeable(key: str) -> bool:
     return any(key == c or (c.endswith(".") and key.startswith(c)) for c in CHANGEABLE_KEYS)
 
