@@ -22,6 +22,7 @@ setuptools.setup(
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "tensorboardX>=2.6",
+        "tensorboard>=2.16",  # `tensorboard --logdir runs/` (README): viewing what tensorboardX wrote
         "pyarrow>=16",
         "polars>=1.0,<2",
         "matplotlib>=3.8",
@@ -30,6 +31,6 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6", "meds-testing-helpers>=0.3", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6"],
-        "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "tensorboard>=2.16"],
+        "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
     },
 )

@@ -11,14 +11,13 @@ RUN_DIR/summary.json["evaluation"] (see ehr_jax.evaluation.runner).
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from ehr_jax import config_files, rundir
+from ehr_jax import cli, config_files, rundir
 from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
 
@@ -66,7 +65,7 @@ def prepared_dir_of(run_dir: str, config: ml_collections.ConfigDict) -> str:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     from ehr_jax.evaluation import runner  # after flag parsing: keeps --help fast
 
     run_dir = flags.FLAGS.workdir
@@ -75,8 +74,7 @@ def main(argv: list[str]) -> None:
                                      config_flags.get_override_values(flags.FLAGS["config"]))
         results = runner.evaluate(run_dir, config, prepared_dir_of(run_dir, config))
     except EhrJaxError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
     logging.info("evaluation written to %s", os.path.join(run_dir, rundir.SUMMARY))
     print(json.dumps({task: {m: {k: v[k] for k in ("auroc", "auroc_ci", "n_cases")}
                              for m, v in methods.items()} for task, methods in results.items()},
@@ -85,4 +83,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

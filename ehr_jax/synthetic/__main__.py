@@ -5,8 +5,9 @@
 
 import json
 
-from absl import app, flags
+from absl import flags
 
+from ehr_jax import cli
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.synthetic import generate
 
@@ -22,17 +23,17 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
     if not f.out:
-        raise app.UsageError("--out is required")
+        cli.fail("--out is required")
     try:
         counts = generate(f.out, f.num_subjects, f.seed, f.subjects_per_shard, f.overwrite)
     except (ConfigError, DataError) as e:
-        raise app.UsageError(str(e)) from None
+        cli.fail(e)
     print(json.dumps(counts, indent=2))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)
