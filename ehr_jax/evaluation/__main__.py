@@ -72,7 +72,9 @@ def main(argv: list[str]) -> None:
     try:
         config = with_eval_overrides(load_run_config(run_dir),
                                      config_flags.get_override_values(flags.FLAGS["config"]))
-        results = runner.evaluate(run_dir, config, prepared_dir_of(run_dir, config))
+        # The run's lock: never beside its trainer, or another evaluation, writing summary.json.
+        with rundir.Lock(run_dir, rundir.RUN_LOCK, f"the run in {run_dir}"):
+            results = runner.evaluate(run_dir, config, prepared_dir_of(run_dir, config))
     except EhrJaxError as error:
         cli.fail(error)
     logging.info("evaluation written to %s", os.path.join(run_dir, rundir.SUMMARY))
