@@ -106,8 +106,9 @@ def plot_optimal(study: Study) -> plt.Figure | None:
 
 
 def plot_frontier(study: Study) -> plt.Figure:
-    """Every run's loss against its compute, and the frontier L_opt(C)."""
+    """Every run's loss against its compute, and the frontier L_opt(C) (the headline dataset's runs)."""
     points = study.dataset.points
+    points = points.select(points.dataset == study.isoflop.unique_tokens)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     sc = ax.scatter(points.c, points.loss, c=np.log10(points.n), cmap="viridis", s=18)
     fig.colorbar(sc, ax=ax, label="log10 N")

@@ -52,6 +52,10 @@ def _isoflop_lines(s: study.Study, iso: isoflop.IsoflopFit) -> list[str]:
         state = "interior" if p.interior else "EXCLUDED: " + p.note
         lines.append(f"  C={p.budget:.3g}: {len(p.n)} runs ({_noise_text(p)}), N_opt {_ci(p.n_opt)}, "
                      f"D_opt {_ci(p.d_opt)}, L {_ci(p.loss_opt)} ({state})")
+        if p.sizes.noise_model == "seed_spread":
+            lines.append("    per size N: seeds, mean loss +- SE: " + "; ".join(
+                f"{n:.3g}: {k}, {m:.4g} +- {se:.2g}" for n, k, m, se in
+                zip(p.sizes.n, p.sizes.seeds, p.sizes.mean, p.sizes.se)))
     lines.append(_bootstrap_line(iso))
     if iso.n_opt is not None:
         lines += [f"  N_opt = k C^a: a = {_ci(iso.n_opt.exponent_ci)}, k = {_ci(iso.n_opt.k)}",

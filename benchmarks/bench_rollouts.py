@@ -20,8 +20,10 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from ehr_jax import parallel
 from ehr_jax.evaluation import zero_shot
 from ehr_jax.evaluation.tasks import OutcomeRule
+from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
 
 import machine
@@ -44,7 +46,8 @@ def machine_line() -> str:
 def bench_size(size: str) -> dict:
     model_cfg = transformer.model_config(ml_collections.ConfigDict({"size": size, "dtype": "auto"}),
                                          _VOCAB.value, _PROMPT.value)
-    model = nnx.jit(lambda: transformer.Transformer(model_cfg, rngs=nnx.Rngs(0)))()
+    one_device = parallel.make_mesh((1, 1, 1), jax.devices()[:1])
+    model = nnx.merge(*model_init.init(model_cfg, one_device, 0)[:2])
     vocab = [f"T{i}" for i in range(_VOCAB.value)]
     rule = zero_shot.resolve_rule(OutcomeRule(positive=("NEVER",), negative=("NEVER",)), vocab)
     rng = np.random.default_rng(0)

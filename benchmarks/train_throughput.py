@@ -17,6 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from ehr_jax import config_files, parallel
+from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import optim, trainer
 
@@ -29,6 +30,7 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per window.")
 _VOCAB = flags.DEFINE_integer("vocab", 2048, "Vocabulary size.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per size (after 2 warm-up steps).")
 _DTYPE = flags.DEFINE_string("dtype", "auto", "Compute dtype: auto, float32, bfloat16.")
+_ATTENTION = flags.DEFINE_string("attention", "auto", "config.model.attention: auto, xla, chunked, ...")
 
 
 def machine_line() -> str:
@@ -42,6 +44,7 @@ def _config(size_name: str):
     config = trainer_config()
     config.model.size = size_name
     config.model.dtype = _DTYPE.value
+    config.model.attention = _ATTENTION.value
     config.data.seq_len = _SEQ_LEN.value
     config.train.global_batch_size = _BATCH.value
     config.train.steps = _STEPS.value + 2
@@ -78,11 +81,16 @@ def measure(size_name: str, peak: float) -> dict:
     mesh = parallel.make_mesh((-1, 1, 1))
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    graphdef, state, state_sharding = trainer.init_state(model_cfg, tx, mesh, seed=0)
+    tx = optim.make_optimizer(config.train)
+    graphdef, state, state_sharding = model_init.init(model_cfg, mesh, 0, tx)
     batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    train_step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)
+    inputs = jax.device_put(schedule.inputs(), parallel.replicated(mesh))
+
+    def step(state, batch):
+        return train_step(state, batch, inputs)
+
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, _VOCAB.value, (_BATCH.value, _SEQ_LEN.value + 1), dtype=np.int32)
     batch = trainer.local_batch_to_global(
@@ -118,7 +126,7 @@ def main(argv) -> None:
     print(f"peak: {peak / 1e9:.1f} GFLOP/s "
           f"({'table' if sizes._known_peak(jax.devices()[0].device_kind) else 'measured matmul'})")
     print(f"batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value}, "
-          f"dtype {_DTYPE.value}, {_STEPS.value} timed steps")
+          f"dtype {_DTYPE.value}, attention {_ATTENTION.value}, {_STEPS.value} timed steps")
     print(f"{'size':>9} {'params':>10} {'non-emb':>10} {'compile s':>9} {'step ms':>8} "
           f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak':>6} {'MFU':>6} {'load':>5}")
     for name in _SIZES.value:

@@ -3,7 +3,9 @@
   python -m ehr_jax.main --config=configs/base.py --workdir=runs/base
 
 Durations: set exactly one of train.steps, train.tokens or train.flops (ehr_jax.train.optim
-turns it into steps). Every other preset changes a few fields of this one.
+turns it into steps). Every other preset changes a few fields of this one. A sweep preset adds
+config.grid = ehr_jax.sweep.grid.default_grid() (its keys are commented there). The code reads
+every key directly, so each key a user may set is here.
 """
 
 import ml_collections
@@ -30,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_kv_heads = 0  # grouped-query attention: KV heads (0: one per query head)
     config.model.tie_embeddings = False  # share the input embedding with the output head
     config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
+    # attention kernel: auto (splash on TPU, cudnn on GPU or triton when packed, xla on CPU),
+    # xla (reference, builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
+    config.model.attention = "auto"
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 16  # windows per step, across all processes
@@ -47,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_tokens = 32768  # tuning-split tokens per validation loss (fixed windows)
     config.train.checkpoint_every = 100  # steps between Orbax checkpoints
     config.train.keep_checkpoints = 2  # checkpoints kept on disk
+    config.train.profile_steps = (0, 0)  # (first step, count) traced by jax.profiler into <run>/profile; (0, 0): off
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); one -1 takes the rest
@@ -55,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.enabled = False  # run clinical evaluation after training
     config.eval.tasks = ("mortality", "icu_admission", "long_stay", "readmission_30d")  # built-in tasks
     config.eval.labels_dir = ""  # user label parquet root (TASK_ROOT/<task>/**.parquet); "" uses built-in tasks
+    config.eval.prompt_len = 0  # history tokens before each rollout (0: data.seq_len, also the cap)
     config.eval.num_rollouts = 20  # sampled futures per case (ETHOS zero-shot)
     config.eval.max_cases = 500  # held-out cases per task (0: all)
     config.eval.max_new_tokens = 256  # rollout token cap

@@ -6,9 +6,11 @@ tensor parallelism splits mlp/heads/vocab, and batches are split over data x fsd
 runs on 1 CPU device, 8 fake ones, a GPU node or a TPU pod slice.
 """
 
+import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.core.spmd as core_spmd
 import jax
@@ -74,81 +76,83 @@ def agree(value: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(value))))
 
 
-def make_mesh(shape: Sequence[int]) -> Mesh:
-    """A Mesh over all (global) devices with axes MESH_AXES, every axis Auto (pjit semantics)."""
-    shape = mesh_shape(shape, jax.device_count())
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A Mesh over `devices` (default: all global devices) with axes MESH_AXES, every axis Auto
+    (pjit semantics)."""
+    shape = mesh_shape(shape, jax.device_count() if devices is None else len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
 
 
-def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
-    """PartitionSpec for a tuple of logical axis names under LOGICAL_AXIS_RULES."""
-    rules = dict(LOGICAL_AXIS_RULES)
-    missing = [a for a in logical_axes if a is not None and a not in rules]
-    if missing:
-        raise KeyError(f"logical axes {missing} have no rule in LOGICAL_AXIS_RULES")
-    return PartitionSpec(*(rules[a] if a is not None else None for a in logical_axes))
+def _mesh_axes(entry) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
 
 
-def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
-    """Replicate any dimension the mesh axes do not divide (e.g. an odd vocabulary size)."""
+def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, what: str) -> PartitionSpec:
+    """`spec` with every dimension the mesh does not divide replicated, and logged.
+
+    Mesh axes of size 1 are dropped (they split nothing). A rule naming an axis the mesh lacks
+    is a bug in LOGICAL_AXIS_RULES or the model and raises.
+    """
     fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    for dim, (size, entry) in enumerate(zip(shape, tuple(spec) + (None,) * len(shape))):
+        names = _mesh_axes(entry)
+        unknown = [n for n in names if n not in mesh.shape]
+        if unknown:
+            raise ValueError(f"{what}: axes {unknown} are not mesh axes {tuple(mesh.shape)}; "
+                             "every logical axis needs a rule in LOGICAL_AXIS_RULES")
         ways = math.prod(mesh.shape[n] for n in names)
-        fitted.append(axes if ways > 1 and dim % ways == 0 else None)
+        if ways > 1 and size % ways:
+            _log_replicated(what, dim, size, names, ways)
+        fitted.append(entry if ways > 1 and size % ways == 0 else None)
     return PartitionSpec(*fitted)
 
 
-def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+@functools.cache
+def _log_replicated(what: str, dim: int, size: int, names: tuple[str, ...], ways: int) -> None:
+    """Once per (array, dimension): the split the rules asked for, and why it is not made."""
+    logging.warning("sharding: %s dimension %d has size %d, which mesh axes %s (%d ways) do not "
+                    "divide; it is replicated instead", what, dim, size, names, ways)
+
+
+def logical_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                 what: str) -> PartitionSpec:
+    """PartitionSpec of an array with these logical axes under LOGICAL_AXIS_RULES, fitted to
+    `mesh`; `what` names the array in the log line when a dimension is not divisible."""
+    spec = core_spmd.from_sharding_rules(tuple(logical_axes), LOGICAL_AXIS_RULES)
+    return _fit(PartitionSpec(*spec), shape, mesh, what)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None], what: str = "activation") -> jax.Array:
     """Pin an activation's sharding by logical names when traced under jax.set_mesh(mesh).
 
     Without a mesh in context this is the identity, so model code runs unchanged on one device.
-    Rules come from nnx.logical_axis_rules(...) when set, else LOGICAL_AXIS_RULES.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    rules = dict(core_spmd.get_logical_axis_rules() or LOGICAL_AXIS_RULES)
-    spec = PartitionSpec(*(rules.get(a) if a is not None else None for a in logical_axes))
-    return jax.lax.with_sharding_constraint(x, _fit_spec(spec, x.shape, mesh))
+    return jax.lax.with_sharding_constraint(x, logical_spec(logical_axes, x.shape, mesh, what))
 
 
-def _variable_sharding(var: nnx.Variable, mesh: Mesh) -> NamedSharding:
-    logical = var.get_metadata().get("out_sharding") or ()
-    spec = logical_to_spec(logical) if logical else PartitionSpec()
-    return NamedSharding(mesh, _fit_spec(spec, var.shape, mesh))
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def state_shardings(state, mesh: Mesh):
-    """NamedShardings for an NNX state (model or optimizer), same tree structure as `state`.
+def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+    """NamedShardings for an NNX state (model or optimizer), same tree structure as the state.
 
-    Variables without logical axes (step counters, scalars) are replicated.
+    Flax reads each Variable's logical axes (nnx.with_partitioning) under LOGICAL_AXIS_RULES;
+    variables without logical axes (step counters, scalars) are replicated.
     """
+    with nnx.logical_axis_rules(LOGICAL_AXIS_RULES):
+        specs = nnx.get_partition_spec(abstract_state)
 
-    def one(x):
-        if isinstance(x, nnx.Variable):
-            return x.replace(_variable_sharding(x, mesh))
-        return NamedSharding(mesh, PartitionSpec())
+    def one(path, spec, var):
+        fitted = _fit(spec.get_value(), var.shape, mesh, _path_name(path))
+        return spec.replace(NamedSharding(mesh, fitted))
 
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
-    """Move a model's state onto its NamedShardings in place (and return it).
-
-    Every process must hold the same values; for large or multi-host models use init_sharded.
-    """
-    state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
-    return model
-
-
-def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
-    """Build a model directly on its shardings (no full host copy: large models, multi-host)."""
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
-    shardings = state_shardings(abstract_state, mesh)
-    state = jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    return jax.tree_util.tree_map_with_path(one, specs, abstract_state, is_leaf=is_var)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

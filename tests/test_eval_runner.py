@@ -5,17 +5,22 @@ TensorBoard) and what it must never write (subject ids)."""
 import datetime
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import polars as pl
 import pytest
 
-from ehr_jax import synthetic
-from ehr_jax.data import prepare
+from ehr_jax import parallel, synthetic
+from ehr_jax.data import prepare, shards
 from ehr_jax.errors import DataError
 from ehr_jax.evaluation import runner
+from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
-from ehr_jax.train import checkpoint, optim, trainer
+from ehr_jax.train import checkpoint, optim
 
+from tests import train_fixtures
 from tests.train_fixtures import base_config
 
 FIELDS = {"auroc", "auroc_ci", "auprc", "auprc_ci", "brier", "brier_ci", "n_cases", "n_positive",
@@ -40,11 +45,8 @@ def run_dir(tmp_path_factory):
     config.eval.bootstrap = 20
     manifest = prepare.prepare(config.data.meds_dir, config.data.prepared_dir, min_code_count=5)
     model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
-    plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    from ehr_jax import parallel
-
-    _, state, _ = trainer.init_state(model_cfg, tx, parallel.make_mesh(tuple(config.mesh.shape)), 0)
+    tx = optim.make_optimizer(config.train)
+    _, state, _ = model_init.init(model_cfg, parallel.make_mesh(tuple(config.mesh.shape)), 0, tx)
     saver = checkpoint.Checkpointer(root / "run" / "checkpoints", keep=1, use_async=False)
     saver.save(0, state, {}, {})
     saver.close()
@@ -94,3 +96,19 @@ def test_missing_checkpoint(tmp_path, run_dir):
     _, config = run_dir
     with pytest.raises(DataError, match="no checkpoints"):
         runner.evaluate(str(tmp_path), config, config.data.prepared_dir)
+
+
+def test_restore_model_reads_the_model_item_alone(run_dir, tmp_path):
+    """Evaluation needs neither the optimizer item nor the trainer's optimizer code."""
+    path, config = run_dir
+    shutil.copytree(path / "checkpoints", tmp_path / "checkpoints")
+    shutil.rmtree(tmp_path / "checkpoints" / "0" / "optimizer")
+    vocab_size = shards.read_manifest(config.data.prepared_dir)["vocab_size"]
+    model = runner.restore_model(str(tmp_path), config, vocab_size)
+    assert model.embed[...].shape == (vocab_size, 32)
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, ehr_jax.evaluation.runner; print(sorted(m for m in "
+         "sys.modules if m.startswith('ehr_jax.train')))"],
+        capture_output=True, text=True, check=True, cwd=train_fixtures.REPO,
+        env={**os.environ, "PYTHONPATH": train_fixtures.REPO})
+    assert loaded.stdout.split("\n")[-2] == "['ehr_jax.train', 'ehr_jax.train.checkpoint']"

@@ -4,12 +4,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax.sharding import AxisType
 
 from ehr_jax import parallel
 from ehr_jax.errors import ConfigError
+from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer as T
 
 VOCAB = 100  # even, so the tensor axis can split it
@@ -48,41 +50,63 @@ def test_bad_mesh_shape_is_a_config_error(shape):
         parallel.make_mesh(shape)
 
 
-def test_large_parameters_are_sharded():
-    """With mesh (1, 4, 2) every matrix lives 8-way split (MaxText's sufficiently-sharded check)."""
+def _train_state(mesh, vocab=VOCAB):
+    """Model + optimizer state as the trainer initialises it (model/init.py), on `mesh`."""
+    cfg = T.model_config(ml_collections.ConfigDict(dict(size="d64-l2")), vocab, 16)
+    _, state, _ = model_init.init(cfg, mesh, 0, optax.adamw(1e-3))
+    return state
+
+
+def _params(state):
+    return nnx.to_flat_state(state[0])
+
+
+def test_trainer_init_shards_every_parameter_by_the_rules():
+    """Mesh (1, 4, 2): each parameter's sharding is its logical axes under the rule table, and
+    every matrix is split 8 ways (MaxText's sufficiently-sharded check)."""
     mesh = parallel.make_mesh((1, 4, 2))
-    model = parallel.shard_model(_make()(), mesh)
+    rules = dict(parallel.LOGICAL_AXIS_RULES)
+    state = _train_state(mesh)
     total = per_device = 0
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    for path, var in _params(state):
         array = var[...]
+        want = jax.P(*(rules[a] if mesh.shape.get(rules[a], 0) > 1 else None
+                       for a in var.get_metadata()["out_sharding"]))
+        assert array.sharding.spec == want, path
         shard = array.addressable_shards[0].data
         total += array.size
         per_device += shard.size
         if array.ndim >= 2:
             assert shard.size * 8 == array.size, (path, array.sharding.spec)
     assert per_device < 1.02 * total / 8
+    mu = nnx.to_flat_state(state[1])  # Adam moments follow their parameters
+    mu_wq = dict(mu)[("opt_state", 0, "mu", "blocks", 0, "attn", "wq")][...]
+    assert mu_wq.sharding.spec == jax.P("fsdp", "tensor", None)
 
 
-def test_uneven_dimensions_fall_back_to_replication():
+def test_uneven_dimensions_are_replicated_and_logged(caplog):
     mesh = parallel.make_mesh((1, 4, 2))
-    model = parallel.shard_model(_make(vocab=101)(), mesh)
-    assert model.embed[...].sharding.spec == jax.P(None, "fsdp")  # 101 rows: not split 2 ways
-    assert model.head[...].sharding.spec == jax.P("fsdp", None)
-    assert model.blocks[0].attn.wq[...].sharding.spec == jax.P("fsdp", "tensor", None)
+    with caplog.at_level("WARNING"):
+        params = dict(_params(_train_state(mesh, vocab=101)))
+    assert params[("embed",)][...].sharding.spec == jax.P(None, "fsdp")  # 101 rows: not 2 ways
+    assert params[("head",)][...].sharding.spec == jax.P("fsdp", None)
+    assert params[("blocks", 0, "attn", "wq")][...].sharding.spec == jax.P("fsdp", "tensor", None)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "embed dimension 0 has size 101" in logged and "('tensor',) (2 ways)" in logged
     wide = parallel.make_mesh((1, 1, 8))  # 4 heads cannot split 8 ways
-    wq = parallel.shard_model(_make()(), wide).blocks[0].attn.wq[...]
+    wq = dict(_params(_train_state(wide)))[("blocks", 0, "attn", "wq")][...]
     assert wq.sharding.spec == jax.P(None, None, None)
 
 
 def test_sharded_forward_matches_single_device():
-    make = _make(n_kv_heads=2)
+    cfg = T.model_config(ml_collections.ConfigDict(dict(size="d64-l2", n_kv_heads=2)), VOCAB, 16)
     tokens = jax.random.randint(jax.random.key(0), (8, 16), 0, VOCAB)
-    graphdef, state = nnx.split(make())
+    graphdef, state = nnx.split(T.Transformer(cfg, rngs=nnx.Rngs(0)))
     forward = jax.jit(lambda state, tokens: nnx.merge(graphdef, state)(tokens))
     expected = forward(state, tokens)
 
     mesh = parallel.make_mesh((2, 2, 2))
-    _, sharded_state = nnx.split(parallel.shard_model(make(), mesh))
+    sharded_state = jax.device_put(state, parallel.state_shardings(state, mesh))
     tokens = jax.device_put(tokens, parallel.batch_sharding(mesh))
     assert tokens.addressable_shards[0].data.shape == (2, 16)
     with jax.set_mesh(mesh):
@@ -97,14 +121,10 @@ def test_constrain_is_identity_off_mesh():
     assert parallel.constrain(x, ("batch", "length", None)) is x
 
 
-def test_init_sharded_builds_the_same_parameters_on_their_shardings():
-    make = _make("d32-l1")
+def test_a_logical_axis_without_a_rule_is_an_error():
     mesh = parallel.make_mesh((1, 4, 2))
-    built = nnx.state(parallel.init_sharded(make, mesh), nnx.Param)
-    expected = nnx.state(make(), nnx.Param)
-    for (path, got), (_, want) in zip(nnx.to_flat_state(built), nnx.to_flat_state(expected)):
-        np.testing.assert_array_equal(np.asarray(got[...]), np.asarray(want[...]))
-        assert got[...].sharding == parallel.state_shardings(got, mesh).get_value(), path
+    with pytest.raises(ValueError, match="w: axes \\['sideways'\\] are not mesh axes"):
+        parallel.logical_spec(("embed", "sideways"), (8, 8), mesh, "w")
 
 
 def test_initialize_distributed_only_with_several_processes(monkeypatch):

@@ -22,10 +22,10 @@ def _cli(*args):
 
 def test_cli_on_example_writes_everything(tmp_path):
     out = tmp_path / "analysis"
-    proc = _cli(f"--results={EXAMPLE}", f"--out={out}", *FAST)
+    proc = _cli(f"--results={EXAMPLE}", f"--out={out}", "--unique_tokens=1e6,4e6", *FAST)
     assert proc.returncode == 0, proc.stderr
     for name in ("fit.json", "report.md", "report.txt", "isoflop.png", "isoflop.svg", "optimal.png",
-                 "optimal.svg", "frontier.png", "frontier.svg", "utility.png", "utility.svg"):
+                 "optimal.svg", "frontier.png", "frontier.svg", "utility.png", "utility.svg", "repetition.png"):
         assert (out / name).stat().st_size > 0, name
     fit = json.loads((out / "fit.json").read_text())  # strict JSON: NaN would not parse back as None
     assert fit["settings"]["n_key"] == "n_params_non_embedding" and fit["settings"]["flops_key"] == "flops"
@@ -39,6 +39,12 @@ def test_cli_on_example_writes_everything(tmp_path):
     assert fit["parametric"]["a"]["ci"][0] is not None
     assert len(fit["planner"]) == 3 and all(p["budget"] > max(fit["data"]["budgets"]) for p in fit["planner"])
     assert fit["utility"]
+    # The example repeats its 4e6 tokens up to ~6 times with no penalty in its law: R*_D has no upper limit.
+    assert fit["settings"]["noise_model"] == "residual" and fit["isoflop"]["bootstrap"]["n_boot"] == 100
+    assert fit["data_constrained"]["R_star_D"]["value"] > 100
+    plans = fit["planner_data_constrained"]
+    assert [p["unique_tokens"] for p in plans] == [1e6] * 3 + [4e6] * 3  # --unique_tokens, per default budget
+    assert plans[0]["epochs"]["value"] > plans[3]["epochs"]["value"]
     text = (out / "report.txt").read_text()
     assert "a = " in proc.stdout and "Planner" in text and "subject" not in text.lower()
     assert "subject" not in (out / "fit.json").read_text().lower()

@@ -111,6 +111,14 @@ def test_peak_flops_table_and_measured_fallback():
     assert sizes.peak_flops(kind("NVIDIA H200")) == 989e12
     assert sizes.peak_flops(kind("TPU v5 lite")) == 197e12
     assert sizes.peak_flops(kind("TPU v5p")) == 459e12
+    # Longest match wins: an A100 is not an A10, an L40S not an L4.
+    assert sizes.peak_flops(kind("NVIDIA A100-SXM4-80GB")) == 312e12
+    assert sizes.peak_flops(kind("NVIDIA A10G")) == 125e12
+    assert sizes.peak_flops(kind("NVIDIA L40S")) == 362e12
+    assert sizes.peak_flops(kind("NVIDIA L4")) == 121e12
+    assert sizes.peak_flops(kind("NVIDIA B200")) == 2250e12
+    assert sizes.peak_flops(kind("TPU v3")) == 123e12
+    assert sizes.peak_flops(kind("TPU7x")) == 2307e12
     cpu = jax.devices()[0]
     measured = sizes.peak_flops(cpu)
     start = time.perf_counter()

@@ -72,21 +72,23 @@ def tiny_config(prepared_dir: str, *, steps: int = 12) -> ml_collections.ConfigD
 
 
 def final_state_leaves(run_dir: str) -> list[np.ndarray]:
-    """Every array of the newest checkpoint (params and optimizer state), as numpy."""
+    """Every array of the newest checkpoint (model, then optimizer state), as numpy."""
     import jax
     import orbax.checkpoint as ocp
 
     directory = os.path.join(run_dir, "checkpoints")
     step = max(int(name) for name in os.listdir(directory) if name.isdigit())
-    path = os.path.join(directory, str(step), "state")
     checkpointer = ocp.StandardCheckpointer()
     # Restore onto this process's first device, whatever topology wrote the checkpoint.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          checkpointer.metadata(path).item_metadata.tree)
-    state = checkpointer.restore(path, target)
+    leaves = []
+    for item in ("model", "optimizer"):
+        path = os.path.join(directory, str(step), item)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              checkpointer.metadata(path).item_metadata.tree)
+        leaves += [np.asarray(leaf) for leaf in jax.tree.leaves(checkpointer.restore(path, target))]
     checkpointer.close()
-    return [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
+    return leaves
 
 
 def losses_by_step(run_dir: str) -> dict[int, float]:

@@ -34,14 +34,19 @@ def define_flags() -> None:
 
 
 def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
-    """The config a run was trained with (written by the trainer as config.json)."""
+    """The config a run was trained with (written by the trainer as config.json), over base.py's
+    defaults: a run made before a key existed behaved as its default, and the code reads every
+    key directly."""
     path = os.path.join(run_dir, rundir.CONFIG)
     if not os.path.exists(path):
         raise ConfigError(f"{path}: missing; --workdir must be a run directory made by ehr_jax.main")
     try:
-        return ml_collections.ConfigDict(json.loads(open(path).read()))
+        saved = json.loads(open(path).read())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    config = config_files.load_sibling(str(_BASE_CONFIG))
+    config.update(saved)
+    return config
 
 
 def with_eval_overrides(config: ml_collections.ConfigDict,

@@ -25,11 +25,13 @@ import polars as pl
 from absl import logging
 from flax import nnx
 
-from ehr_jax import rundir
+from ehr_jax import parallel, rundir
 from ehr_jax.data import meds, shards
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.evaluation import metrics, probe, tasks, zero_shot
+from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
+from ehr_jax.train import checkpoint
 
 ROLLOUT_BATCH = 512  # sequences decoded together (cases x rollouts)
 SCORE_BATCH = 64  # prompts per forward pass for next-token and probe features
@@ -69,7 +71,7 @@ class EvalSettings:
         seq_len = int(config.data.seq_len)
         # The history fills the training window; rollouts then slide that window (see
         # zero_shot.RolloutSampler), so no attention span exceeds what training saw.
-        prompt_len = min(int(ev.get("prompt_len", 0)) or seq_len, seq_len)
+        prompt_len = min(int(ev.prompt_len) or seq_len, seq_len)
         return cls(task_names, str(ev.labels_dir), int(ev.num_rollouts), int(ev.max_cases),
                    int(ev.max_new_tokens), bool(ev.probe), int(ev.bootstrap), prompt_len,
                    int(config.seed))
@@ -162,38 +164,24 @@ class Predictors:
 
 
 def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: int) -> nnx.Module:
-    """The model of the run's newest checkpoint, on one device.
-
-    The checkpoint holds (model, optimizer) as the trainer built them, so the restore target
-    is built the same way (shapes only: nothing is initialised).
-    """
-    from ehr_jax.train import checkpoint, optim, trainer  # train sits below evaluation
-
+    """The model of the run's newest checkpoint, on one device (the optimizer item stays on disk)."""
     model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
-    plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-
-    def create():
-        model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(config.seed))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(create))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-    directory = os.path.join(run_dir, "checkpoints")
+    one_device = parallel.make_mesh((1, 1, 1), jax.devices()[:1])
+    graphdef, abstract = model_init.abstract(model_cfg, one_device)
+    directory = os.path.join(run_dir, rundir.CHECKPOINTS)
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no checkpoints; train the run first (python -m ehr_jax.main)")
     checkpointer = checkpoint.Checkpointer(directory, keep=max(1, int(config.train.keep_checkpoints)),
                                            use_async=False)
     try:
-        restored = checkpointer.restore_latest(abstract)
+        restored = checkpointer.restore_model(abstract)
     finally:
         checkpointer.close()
     if restored is None:
         raise DataError(f"{directory}: no complete checkpoint; train the run first")
-    model, _ = nnx.merge(graphdef, restored.state)
-    logging.info("evaluation: restored step %d of %s", restored.step, run_dir)
-    return model
+    step, state = restored
+    logging.info("evaluation: restored the model of step %d of %s", step, run_dir)
+    return nnx.merge(graphdef, state)
 
 
 def collect_labels(settings: EvalSettings, manifest: dict, prepared_dir: str,

@@ -122,9 +122,11 @@ def flops_6nd(n_parameters: int, n_tokens: float) -> float:
 
 
 # Dense bf16 peak FLOP/s per chip, matched as a case-insensitive substring of jax's
-# device_kind (the longest match wins). Sources: NVIDIA H100/H200/A100 datasheets (SXM dense,
-# no sparsity); Google Cloud TPU docs (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e).
+# device_kind (the longest match wins). Sources: NVIDIA datasheets (H100/H200/A100/B200 SXM,
+# L4, L40S, A10; dense, no sparsity); Google Cloud TPU docs (cloud.google.com/tpu/docs/v3, /v4,
+# /v5e, /v5p, /v6e, /tpu7x). A device kind missing here gets a measured matmul peak instead.
 DEVICE_PEAK_FLOPS: dict[str, float] = {
+    "TPU v3": 123e12,
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,  # v5e
     "TPU v5e": 197e12,
@@ -136,7 +138,12 @@ DEVICE_PEAK_FLOPS: dict[str, float] = {
     "H100 PCIe": 756e12,
     "H100 NVL": 835e12,
     "H200": 989e12,
+    "B200": 2250e12,
     "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,  # A10 datasheet; AWS's A10G is the same GA102 chip (its clocks may differ)
+    "TPU7x": 2307e12,  # Ironwood
 }
 
 

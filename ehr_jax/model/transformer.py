@@ -1,5 +1,8 @@
 """Llama-style decoder in Flax NNX: RMSNorm, RoPE, SwiGLU, causal (grouped-query) attention.
 
+Attention runs through ehr_jax.model.attention (config.model.attention picks the kernel). Packed
+rows pass segment ids (no token sees another segment) and per-segment RoPE positions.
+
 Parameters are float32 and carry logical axis names only (embed, mlp, heads, ...); ehr_jax.parallel
 maps them onto a mesh. Compute runs in config.model.dtype and logits come back float32. A KV
 cache (prefill + decode_step, fixed shapes) serves zero-shot rollouts.
@@ -15,6 +18,7 @@ from flax import nnx
 
 from ehr_jax import parallel
 from ehr_jax.errors import ConfigError
+from ehr_jax.model import attention as attention_lib
 from ehr_jax.model import sizes
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -38,7 +42,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     remat: bool = False
     dtype: str = "float32"  # resolved compute dtype: float32 or bfloat16
-    attention: str = "xla"  # "cudnn" (flash attention on GPU with bf16) or "xla"
+    attention: str = "xla"  # resolved implementation, a name in attention.IMPLEMENTATIONS
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
 
@@ -51,8 +55,10 @@ class ModelConfig:
         return sizes.get_size(self.size_name)
 
 
-def model_config(model_cfg, vocab_size: int, seq_len: int) -> ModelConfig:
-    """ModelConfig from config.model (size name, n_kv_heads, tie_embeddings, remat, dtype).
+def model_config(model_cfg, vocab_size: int, seq_len: int, *, packed: bool = False
+                 ) -> ModelConfig:
+    """ModelConfig from config.model (size name, n_kv_heads, tie_embeddings, remat, dtype,
+    attention); `packed` says whether rows hold several segments (data.pack).
 
     `model_cfg` is a ConfigDict or plain dict; missing optional keys take base.py's defaults.
     """
@@ -65,23 +71,15 @@ def model_config(model_cfg, vocab_size: int, seq_len: int) -> ModelConfig:
     n_kv_heads = sizes.kv_heads(size, int(model_cfg.get("n_kv_heads", 0)))
     if vocab_size < 1 or seq_len < 1:
         raise ConfigError(f"vocab_size={vocab_size} and seq_len={seq_len} must be positive")
-    cudnn_ok = (
-        jax.default_backend() == "gpu" and dtype == "bfloat16"
-        and size.head_dim % 8 == 0 and size.head_dim <= 128 and _cudnn_flash_capable()
-    )
+    attention = attention_lib.resolve(model_cfg.get("attention", "auto"), dtype=dtype,
+                                      head_dim=size.head_dim, seq_len=seq_len, packed=packed)
     return ModelConfig(
         vocab_size=vocab_size, seq_len=seq_len, size_name=size.name, d_model=size.d_model,
         n_layers=size.n_layers, n_heads=size.n_heads, head_dim=size.head_dim, d_ff=size.d_ff,
         n_kv_heads=n_kv_heads, tie_embeddings=bool(model_cfg.get("tie_embeddings", False)),
         remat=bool(model_cfg.get("remat", False)), dtype=dtype,
-        attention="cudnn" if cudnn_ok else "xla",
+        attention=attention,
     )
-
-
-def _cudnn_flash_capable() -> bool:
-    """cuDNN flash attention needs an Ampere-or-newer NVIDIA GPU (compute capability >= 8.0)."""
-    capability = getattr(jax.devices()[0], "compute_capability", "0")
-    return float(capability or 0) >= 8.0
 
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
@@ -153,13 +151,11 @@ class Attention(nnx.Module):
     def _out(self, o_BxLxHxK):
         return _project(o_BxLxHxK, self.wo[...], n_contract=2)
 
-    def __call__(self, x_BxLxD, sin, cos):
+    def __call__(self, x_BxLxD, sin, cos, segment_ids_BxL=None):
         q, k, v = self._qkv(x_BxLxD, sin, cos)
-        o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self._impl())
+        o = attention_lib.attention(q, k, v, segment_ids_BxL=segment_ids_BxL,
+                                    implementation=self.cfg.attention)
         return self._out(o)
-
-    def _impl(self):
-        return self.cfg.attention if self.cfg.attention == "cudnn" else None
 
     def prefill(self, x_BxPxD, sin, cos, mask_Bx1xPxP, capacity: int):
         """Causal attention over a left-padded prompt; returns output and K/V padded to capacity."""
@@ -201,13 +197,13 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_BxLxD, sin, cos):
-        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), sin, cos)
+    def __call__(self, x_BxLxD, sin, cos, segment_ids_BxL=None):
+        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), sin, cos, segment_ids_BxL)
         return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
 
 
-def _run_block(block: Block, x_BxLxD, sin, cos):
-    return block(x_BxLxD, sin, cos)
+def _run_block(block: Block, x_BxLxD, sin, cos, segment_ids_BxL):
+    return block(x_BxLxD, sin, cos, segment_ids_BxL)
 
 
 _run_block_remat = nnx.remat(_run_block)  # recompute the block's activations in the backward pass
@@ -224,7 +220,11 @@ class KVCache(NamedTuple):
 
 
 class Transformer(nnx.Module):
-    """Decoder-only LM: tokens [B, L] -> float32 logits [B, L, V]."""
+    """Decoder-only LM: tokens [B, L] -> float32 logits [B, L, V].
+
+    Packed rows also pass segment_ids [B, L] (attention stays inside a segment) and positions
+    [B, L] (RoPE restarts at each segment); without them a row is one sequence from position 0.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -250,17 +250,18 @@ class Transformer(nnx.Module):
         axes = ("batch", "length", "vocab") if logits.ndim == 3 else ("batch", "vocab")
         return parallel.constrain(logits, axes)
 
-    def _hidden(self, tokens_BxL):
+    def _hidden(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
         x = parallel.constrain(self._embed(tokens_BxL), _ACTIVATION_AXES)
-        positions_L = jnp.arange(tokens_BxL.shape[1])
-        sin, cos = rope_tables(positions_L, self.cfg.head_dim, self.cfg.rope_theta)
+        if positions_BxL is None:
+            positions_BxL = jnp.arange(tokens_BxL.shape[1])
+        sin, cos = rope_tables(positions_BxL, self.cfg.head_dim, self.cfg.rope_theta)
         run = _run_block_remat if self.cfg.remat else _run_block
         for block in self.blocks:
-            x = parallel.constrain(run(block, x, sin, cos), _ACTIVATION_AXES)
+            x = parallel.constrain(run(block, x, sin, cos, segment_ids_BxL), _ACTIVATION_AXES)
         return self.final_norm(x)
 
-    def __call__(self, tokens_BxL):
-        return self._logits(self._hidden(tokens_BxL))
+    def __call__(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
+        return self._logits(self._hidden(tokens_BxL, segment_ids_BxL, positions_BxL))
 
     def hidden(self, tokens_BxL):
         """Final-norm output (float32): the representation linear probes read."""

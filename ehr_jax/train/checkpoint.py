@@ -1,7 +1,9 @@
-"""Orbax checkpoints of {model + optimizer state, loader state, step}, saved asynchronously.
+"""Orbax checkpoints, saved asynchronously: items model, optimizer, loader and meta.
 
 The loader state travels with the parameters so a resumed run reads exactly the batches the
-uninterrupted run would have read: together they make kill-and-resume bit-exact on CPU.
+uninterrupted run would have read: together they make kill-and-resume bit-exact on CPU. The
+model is an item of its own, so evaluation restores it without the optimizer state (a third of
+the bytes) and without knowing how the optimizer was built.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ehr_jax.errors import ConfigError
+from ehr_jax.errors import ConfigError, DataError
+
+ITEMS = ("model", "optimizer", "loader", "meta")
 
 
 class _QuietOrbaxInfo(std_logging.Filter):
@@ -33,7 +37,7 @@ class Restored:
     """What a resumed run continues from."""
 
     step: int  # steps completed when the checkpoint was taken
-    state: Any  # the train state pytree, sharded like the abstract target
+    state: tuple[Any, Any]  # (model, optimizer) states, sharded like the abstract targets
     loader_state: dict  # JSON state of the training loader
     meta: dict  # small JSON facts saved beside it (e.g. tokens seen)
 
@@ -53,35 +57,61 @@ class Checkpointer:
             max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "loader", "meta"))
+            self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, loader_state: dict, meta: dict | None = None) -> None:
+    def save(self, step: int, state: tuple[Any, Any], loader_state: dict,
+             meta: dict | None = None) -> None:
         """Starts an async save of step `step`; returns once the arrays are copied off device.
 
-        Blocking on the state first makes sure the step that produced it has finished (and,
-        on a non-finite loss, the caller has had the chance to refuse to save it).
+        `state` is the pair (model, optimizer). Blocking on it first makes sure the step that
+        produced it has finished (and, on a non-finite loss, the caller has had the chance to
+        refuse to save it).
         """
         jax.block_until_ready(state)
+        model, optimizer = state
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            model=ocp.args.StandardSave(model),
+            optimizer=ocp.args.StandardSave(optimizer),
             loader=ocp.args.JsonSave(loader_state),
             meta=ocp.args.JsonSave({"step": step, **(meta or {})})), force=True)
         logging.info("checkpoint: saving step %d to %s", step, self.directory)
 
-    def restore_latest(self, abstract_state: Any) -> Restored | None:
-        """The newest complete checkpoint restored onto abstract_state's shardings, or None."""
-        step = self._manager.latest_step()
+    def restore_latest(self, abstract_state: tuple[Any, Any]) -> Restored | None:
+        """The newest complete checkpoint restored onto the (model, optimizer) targets' shardings,
+        or None when there is none."""
+        step = self._latest_with_items()
         if step is None:
             return None
+        model, optimizer = abstract_state
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            model=ocp.args.StandardRestore(model),
+            optimizer=ocp.args.StandardRestore(optimizer),
             loader=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
         logging.info("checkpoint: resumed from step %d in %s", step, self.directory)
-        return Restored(step, restored.state, dict(restored.loader), dict(restored.meta or {}))
+        return Restored(step, (restored.model, restored.optimizer), dict(restored.loader),
+                        dict(restored.meta or {}))
+
+    def restore_model(self, abstract_model: Any) -> tuple[int, Any] | None:
+        """(step, model state) of the newest checkpoint, the model item alone; None when none."""
+        step = self._latest_with_items()
+        if step is None:
+            return None
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(abstract_model)))
+        return step, restored.model
+
+    def _latest_with_items(self) -> int | None:
+        """The newest step, refusing checkpoints from before the model/optimizer split."""
+        step = self._manager.latest_step()
+        if step is not None and not os.path.isdir(os.path.join(self.directory, str(step), "model")):
+            raise DataError(f"{self.directory}/{step} has no 'model' item (a checkpoint written "
+                            "before items model/optimizer were split); retrain with a fresh "
+                            "--workdir")
+        return step
 
     def wait(self) -> None:
         """Blocks until pending async saves are on disk."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -26,8 +27,10 @@ from ehr_jax import parallel, rundir
 from ehr_jax.data import loader as data_loader
 from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
+from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import checkpoint, metrics, optim
+from ehr_jax.train.profiler import StepProfiler
 
 Batch = dict[str, np.ndarray]
 
@@ -78,14 +81,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         os.makedirs(workdir, exist_ok=True)
         rundir.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
-    # Model and optimizer, created directly in their shardings.
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    graphdef, state, state_sharding = init_state(model_cfg, tx, mesh, config.seed)
-    batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(
-        plan.peak_lr, plan.steps, config.train.warmup_frac, config.train.min_lr_ratio)
-    train_step = make_train_step(graphdef, state_sharding, batch_sharding, schedule)
-    eval_step = make_eval_step(graphdef, state_sharding, batch_sharding)
+    # Model and optimizer, created directly in their shardings, by programs compiled once per
+    # model shape: the schedule's numbers are inputs of the train step, not part of it.
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    programs = compiled_programs(model_cfg, mesh, optim.static_settings(config.train, schedule),
+                                 plan.global_batch_size)
+    state = programs.init(config.seed)
+    batch_sharding = programs.batch_sharding
+    schedule_inputs = jax.device_put(schedule.inputs(), programs.replicated)
+    eval_step = programs.eval_step
+
+    def train_step(state, batch):
+        return programs.train_step(state, batch, schedule_inputs)
 
     # Restore: parameters, optimizer state and loader position come back together.
     checkpointer = checkpoint.Checkpointer(
@@ -100,17 +107,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         loader.set_state(restored.loader_state)
     start_step = restored.step if restored is not None else 0
     logging.info("run %s: %d params (%d non-embedding), %d steps of %d tokens, peak lr %.2e, "
-                 "starting at step %d", os.path.basename(workdir), plan.n_params,
-                 plan.n_params_non_embedding, plan.steps, plan.tokens_per_step, plan.peak_lr,
-                 start_step)
+                 "%s attention, %s compute, starting at step %d", os.path.basename(workdir),
+                 plan.n_params, plan.n_params_non_embedding, plan.steps, plan.tokens_per_step,
+                 plan.peak_lr, model_cfg.attention, model_cfg.dtype, start_step)
 
     # Loop.
     peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
     chrono = metrics.Chrono(plan.steps, plan.tokens_per_step,
                             plan.tokens_per_step * plan.flops_per_token, peak_total)
     writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
+    profiler = StepProfiler(workdir, config.train.profile_steps, enabled=is_writer)
     loop = TrainLoop(plan, config.train, train_step, eval_step, loader, val_batches,
-                     batch_sharding, checkpointer, writer, chrono, meta)
+                     batch_sharding, checkpointer, writer, chrono, meta, profiler)
     try:
         # Steps trace under the mesh so the model's activation constraints apply.
         with jax.set_mesh(mesh):
@@ -157,20 +165,60 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
                 n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
 
 
-def init_state(model_cfg: transformer.ModelConfig, tx: optax.GradientTransformation,
-               mesh: jax.sharding.Mesh, seed: int) -> tuple[nnx.GraphDef, nnx.State, Any]:
-    """(graphdef, state, state shardings) of model + optimizer, initialised in place.
+@dataclasses.dataclass
+class Programs:
+    """The jit-compiled programs of one model shape (model config, mesh, optimizer settings).
 
-    Initialising under jit with out_shardings means no host ever holds the whole model.
+    Every run of that shape in this process shares them, so a sweep traces and compiles its
+    init, train and eval programs once per size, not once per grid point; the persistent
+    compilation cache then shares them across processes too.
     """
-    def create():
-        model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
-    state_sharding = parallel.state_shardings(abstract_state, mesh)
-    state = jax.jit(lambda: nnx.split(create())[1], out_shardings=state_sharding)()
-    return graphdef, state, state_sharding
+    graphdef: tuple[nnx.GraphDef, nnx.GraphDef]
+    state_sharding: Any
+    batch_sharding: Any
+    replicated: Any
+    init: Callable  # seed -> (model, optimizer) state, initialised in its shardings
+    train_step: Callable  # (state, batch, schedule_inputs) -> (state, metrics); state donated
+    eval_step: Callable  # (state, batch) -> per-position masked losses
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_programs(model_cfg: transformer.ModelConfig, mesh: jax.sharding.Mesh,
+                      settings: tuple, global_batch_size: int) -> Programs:
+    """The Programs of a shape; settings: optim.static_settings (what shapes the step)."""
+    static = dict(settings)
+    tx = optim.make_optimizer(ml_collections.ConfigDict(static))
+    graphdef, state_sharding, init = model_init.make_init(model_cfg, mesh, tx)
+    batch_sharding = parallel.batch_sharding(mesh)
+    shape = (f"{model_cfg.size_name} (batch {global_batch_size} x {model_cfg.seq_len}, "
+             f"{model_cfg.dtype}, {static['schedule']} schedule, {mesh.size} devices)")
+    return Programs(
+        graphdef, state_sharding, batch_sharding, parallel.replicated(mesh),
+        _LogFirstCall(init, f"init program for {shape}"),
+        _LogFirstCall(make_train_step(graphdef, state_sharding, batch_sharding,
+                                      static["schedule"], static["cooldown_shape"]),
+                      f"train step for {shape}"),
+        _LogFirstCall(make_eval_step(graphdef, state_sharding, batch_sharding),
+                      f"eval step for {shape}"))
+
+
+class _LogFirstCall:
+    """A jitted function whose first call (trace and compile) is logged with its duration."""
+
+    def __init__(self, fn: Callable, what: str):
+        self.fn, self.what, self.called = fn, what, False
+
+    def __call__(self, *args):
+        if self.called:
+            return self.fn(*args)
+        logging.info("compiling %s", self.what)
+        start = time.perf_counter()
+        out = jax.block_until_ready(self.fn(*args))
+        self.called = True
+        logging.info("compiled %s in %.1f s (with its first call; the persistent cache may have "
+                     "served it)", self.what, time.perf_counter() - start)
+        return out
 
 
 def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
@@ -181,11 +229,16 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return losses_BxL * mask_BxL
 
 
-def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any,
-                    schedule: optax.Schedule) -> Callable:
-    """jit'd (state, batch) -> (state, metrics); the state is donated (updated in place)."""
-    def train_step(state, batch):
-        model, optimizer = nnx.merge(graphdef, state)
+def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: str,
+                  cooldown_shape: str = "linear") -> Callable:
+    """The pure (state, batch, schedule_inputs) -> (state, metrics) of one run, not jitted:
+    make_train_step jits it with shardings, ehr_jax.train.packed vmaps it over runs.
+
+    The learning rate is computed inside from the optimizer's step and the schedule's numbers
+    (optim.Schedule.inputs), so the compiled step does not depend on a run's length or peak.
+    """
+    def train_step(state, batch, schedule_inputs):
+        model, optimizer = map(nnx.merge, graphdef, state)
 
         def loss_fn(model):
             logits_BxLxV = model(batch["tokens"])
@@ -194,21 +247,32 @@ def make_train_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding:
             return losses_BxL.sum() / jnp.maximum(n_targets, 1.0), n_targets
 
         (loss, n_targets), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        lr = schedule(optimizer.step[...])
-        optimizer.update(model, grads)
+        lr = optim.learning_rate(optimizer.step[...], schedule_inputs, schedule_kind,
+                                 cooldown_shape)
+        optimizer.update(model, grads, learning_rate=lr)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
                         "target_tokens": n_targets}
-        return nnx.state((model, optimizer)), step_metrics
+        return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
+    return train_step
+
+
+def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                    batch_sharding: Any, schedule_kind: str,
+                    cooldown_shape: str = "linear") -> Callable:
+    """jit'd (state, batch, schedule_inputs) -> (state, metrics) of train_step_fn; the state
+    (model, optimizer) is donated (updated in place)."""
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+    return jax.jit(train_step_fn(graphdef, schedule_kind, cooldown_shape),
+                   in_shardings=(state_sharding, batch_sharding, replicated),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, state_sharding: Any, batch_sharding: Any) -> Callable:
+def make_eval_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                   batch_sharding: Any) -> Callable:
     """jit'd (state, batch) -> per-position masked losses, replicated to every process."""
     def eval_step(state, batch):
-        model, _ = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdef[0], state[0])
         return masked_token_losses(model(batch["tokens"]), batch["targets"], batch["mask"])
 
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
@@ -248,8 +312,9 @@ class TrainLoop:
     def __init__(self, plan: Plan, train_cfg: ml_collections.ConfigDict, train_step: Callable,
                  eval_step: Callable, loader: Any, val_batches: list[Batch], batch_sharding: Any,
                  checkpointer: checkpoint.Checkpointer, writer: metrics.MetricsWriter,
-                 chrono: metrics.Chrono, meta: dict):
+                 chrono: metrics.Chrono, meta: dict, profiler: StepProfiler):
         self.plan, self.cfg = plan, train_cfg
+        self.profiler = profiler
         self.train_step, self.eval_step = train_step, eval_step
         self.loader, self.val_batches, self.batch_sharding = loader, val_batches, batch_sharding
         self.checkpointer, self.writer, self.chrono = checkpointer, writer, chrono
@@ -261,11 +326,19 @@ class TrainLoop:
         self.val_loss = meta.get("val_loss")
 
     def run(self, state: Any, start_step: int) -> Any:
+        try:
+            return self._run(state, start_step)
+        finally:
+            self.profiler.stop()
+
+    def _run(self, state: Any, start_step: int) -> Any:
         pending = None  # (steps done, device metrics) of the step in flight
         for step in range(start_step, self.plan.steps):
             batch = local_batch_to_global(next(self.loader), self.batch_sharding,
                                           self.plan.global_batch_size)
+            self.profiler.before_step(step)
             state, step_metrics = self.train_step(state, batch)
+            self.profiler.after_step(step, step_metrics)
             if pending is not None:
                 self.record(*pending)
             pending = (step + 1, step_metrics)
@@ -341,6 +414,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "n_layers": model_cfg.n_layers,
         "d_model": model_cfg.d_model,
         "model_size": model_cfg.size_name,
+        "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
         "tokens_seen": tokens,
         "target_tokens_seen": loop.target_tokens,
         "flops": tokens * plan.flops_per_token,
