@@ -73,7 +73,12 @@ def command_line_problems(argv: list[str], flag_values: flags.FlagValues) -> lis
 
 def _base_config(name: str, flag: flags.Flag, argv: list[str]) -> tuple[ConfigDict | None, str]:
     """The config the overrides apply to: the --NAME file's get_config(), or the flag's default."""
-    value = next((arg.split("=", 1)[1] for arg in argv if arg.startswith(f"--{name}=")), None)
+    value = None
+    for i, arg in enumerate(argv):  # --config=FILE or --config FILE
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
     if not isinstance(flag.parser, config_flags.ConfigFileFlagParser):
         return (flag.default if isinstance(flag.default, ConfigDict) else None), ""
     if value is None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from ehr_jax import config_files
+from ehr_jax import config_files, rundir
 from ehr_jax.errors import ConfigError, EhrJaxError
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.py"
@@ -93,7 +93,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, device_count: int) ->
 def check_problems(config: ml_collections.ConfigDict, workdir: str,
                    device_count: int) -> list[str]:
     """Every problem, one line each: keys and types, ranges, the stages' checks, then paths."""
-    flat, reference = _flatten(config), _reference_keys("grid" in config)
+    flat, reference = rundir.flatten_config(config), _reference_keys("grid" in config)
     problems: dict[str, str] = {}  # key -> its first problem
     for key, default in reference.items():
         if key not in flat:
@@ -171,7 +171,9 @@ def _stage_checks(config, workdir: str, device_count: int) -> list[tuple[tuple[s
 
     def optimizer() -> None:
         d_model = sizes.get_size(config.model.size).d_model
-        optim.make_optimizer(train, optim.peak_learning_rate(train, d_model), 1000)
+        steps = int(train.steps) if "grid" not in config and train.steps else 1000  # or a stand-in
+        optim.make_schedule(train, optim.peak_learning_rate(train, d_model), steps)
+        optim.make_optimizer(train)
 
     checks.append((("train.lr", "train.grad_clip", "train.warmup_frac", "train.min_lr_ratio",
                     "train.b2", "train.weight_decay", "model.size"), optimizer))
@@ -250,7 +252,7 @@ def _check_writable_dir(path: str, what: str) -> None:
 
 
 def _reference_keys(with_grid: bool) -> dict[str, Any]:
-    reference = _flatten(config_files.load_sibling(str(BASE_CONFIG)))
+    reference = rundir.flatten_config(config_files.load_sibling(str(BASE_CONFIG)))
     if with_grid:
         from ehr_jax.sweep import grid
 
@@ -276,16 +278,6 @@ def _type_problem(value: Any, default: Any) -> str | None:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _flatten(config, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, (ml_collections.ConfigDict, dict)):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:

@@ -51,10 +51,11 @@ RUN_LOCK = ".run.lock"  # in a run dir: its one trainer (and evaluator)
 ANALYSIS_LOCK = ".analysis.lock"
 
 # Keys that change logging, speed, memory or which runs this invocation does, never a result.
-IGNORED_KEYS = ("data.num_workers", "model.remat", "mesh.shape", "train.log_every",
-                "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-                "eval.enabled", "grid.only", "grid.dry_run", "grid.analysis",
-                "grid.compilation_cache")
+# (model.attention picks a kernel for the same function.)
+IGNORED_KEYS = ("data.num_workers", "model.remat", "model.attention", "mesh.shape",
+                "train.log_every", "train.eval_every", "train.checkpoint_every",
+                "train.keep_checkpoints", "train.profile_steps", "eval.enabled", "grid.only",
+                "grid.dry_run", "grid.analysis", "grid.compilation_cache")
 # Keys a rerun may change with --allow_changes=KEY (or a group: eval, grid): evaluation settings
 # (runs already evaluated keep their results) and the grid (runs of one (budget, size) are the
 # same run in either grid, so a larger grid extends the study).

@@ -1,5 +1,6 @@
 """Every user mistake is one clear error before any work: config keys, paths, command lines."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -108,9 +109,21 @@ def test_each_grid_mistake_is_one_problem(tmp_path, key, value, expected):
     assert len(problems) == 1 and expected in problems[0], problems
 
 
-def test_good_configs_have_no_problems(tmp_path):
-    assert config_check.check_problems(_base(), str(tmp_path), DEVICES) == []
-    assert config_check.check_problems(_quickstart(), str(tmp_path), DEVICES) == []
+@pytest.mark.parametrize("name,preset", [("base", None), ("smoke", None), ("quickstart", ""),
+                                         ("quickstart", "tiny"), ("quickstart", "eval"),
+                                         ("synthetic_large", None), ("mimic_iv", ""),
+                                         ("mimic_iv", "eval")])
+def test_every_shipped_config_passes_but_mimic_iv_wants_its_data(tmp_path, name, preset):
+    spec = importlib.util.spec_from_file_location(
+        f"config_{name}", os.path.join(train_fixtures.REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    loaded = module.get_config() if preset is None else module.get_config(preset)
+    problems = config_check.check_problems(loaded, str(tmp_path), DEVICES)
+    if name == "mimic_iv":
+        assert len(problems) == 1 and "config.data.meds_dir is empty" in problems[0]
+    else:
+        assert problems == []
 
 
 def test_all_problems_are_reported_together_each_once(tmp_path):
