@@ -61,10 +61,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.enabled = False  # run clinical evaluation after training
     config.eval.tasks = ("mortality", "icu_admission", "long_stay", "readmission_30d")  # built-in tasks
     config.eval.labels_dir = ""  # user label parquet root (TASK_ROOT/<task>/**.parquet); "" uses built-in tasks
+    config.eval.task_rules = ()  # user task -> outcome rule for zero-shot/next-token, e.g.
+    # (("inhospital_mortality", "mortality"),) or (("death_30d", "MEDS_DEATH", "", 30),)
+    config.eval.name = ""  # results go to evaluation/<name>/ and summary["evaluation"][name];
+    # "" means "builtin" for the built-in tasks, else the labels_dir's folder name
     config.eval.prompt_len = 0  # history tokens before each rollout (0: data.seq_len, also the cap)
     config.eval.num_rollouts = 20  # sampled futures per case (ETHOS zero-shot)
-    config.eval.max_cases = 500  # held-out cases per task (0: all)
-    config.eval.max_new_tokens = 256  # rollout token cap
+    config.eval.max_cases = 500  # held-out cases scored per task (0: all)
+    config.eval.max_train_cases = 0  # train cases the probe is fitted on per task (0: all)
+    config.eval.max_new_tokens = 2048  # upper bound of the rollout token caps, which follow from
+    # each task's horizon (or a long stay) x the data's tokens per day; capped rollouts are censored
     config.eval.probe = True  # also fit a linear probe on the representation at prediction time
     config.eval.bootstrap = 1000  # bootstrap resamples (by subject) for 95% CIs
     return config
