@@ -135,8 +135,6 @@ class Lock:
             if waited_since is None or now - waited_since > 300:
                 logging.warning("%s is in use by %s; waiting for it (Ctrl-C stops this one)",
                                 self.what, self.holder() or "another process")
-                print(f"waiting: {self.what} is in use by {self.holder() or 'another process'}",
-                      file=sys.stderr, flush=True)
                 waited_since = now
             time.sleep(0.5)
         if not shared:
