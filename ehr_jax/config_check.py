@@ -49,6 +49,7 @@ RULES: dict[str, Rule] = {
     "data.min_code_count": _at_least(1),
     "data.num_quantiles": _at_least(1),
     "data.records_per_shard": _at_least(1),
+    "data.max_text_values": _at_least(0),
     "model.n_kv_heads": _at_least(0),
     "mesh.shape": ((lambda v: not isinstance(v, str) and all(
         isinstance(s, (int, np.integer)) for s in v)), "a tuple of integers, e.g. (-1, 1, 1)"),
@@ -58,6 +59,11 @@ RULES: dict[str, Rule] = {
     "train.flops": _at_least(0),
     "train.lr": _within(0, 1),
     "train.warmup_frac": _within(0, 1, high_open=True),
+    "train.warmup_steps": _at_least(0),
+    "train.cooldown_frac": _within(0, 1),
+    "train.branch_step": _at_least(0),
+    "train.grad_accum_steps": _at_least(0),
+    "train.device_memory_gib": _at_least(0),
     "train.min_lr_ratio": _within(0, 1),
     "train.weight_decay": _at_least(0),
     "train.b2": _within(0, 1, low_open=True, high_open=True),
@@ -76,6 +82,7 @@ RULES: dict[str, Rule] = {
     "grid.sizes_per_budget": _at_least(1),
     "grid.tokens_per_param": ((lambda v: v > 0), "> 0"),
     "grid.min_steps": _at_least(0),
+    "grid.min_sizes": _at_least(0),
     "grid.max_epochs": _at_least(0),
 }
 
@@ -156,13 +163,16 @@ def _stage_checks(config, workdir: str, device_count: int) -> list[tuple[tuple[s
          lambda: transformer.model_config(config.model, PLACEHOLDER_VOCAB, data.seq_len)),
         (("mesh.shape", "train.global_batch_size"), lambda: parallel.check_batch_size(
             train.global_batch_size, parallel.mesh_shape(config.mesh.shape, device_count))),
+        (("train.memory_fit", "train.grad_accum_steps", "train.device_memory_gib", "mesh.shape",
+          "train.global_batch_size"), lambda: _check_memory(config, device_count)),
         (("data.meds_dir", "data.prepared_dir", "data.synthetic_subjects"),
          lambda: _check_data_dirs(data, workdir)),
         (("eval.tasks", "eval.labels_dir", "eval.num_rollouts", "eval.max_cases",
           "eval.max_new_tokens", "eval.bootstrap"), lambda: _check_eval(config)),
     ]
     if "grid" in config:
-        checks.append((("grid.budgets", "grid.sizes", "grid.only", "grid.sizes_per_budget"),
+        checks.append((("grid.budgets", "grid.sizes", "grid.only", "grid.sizes_per_budget",
+                        "grid.seeds", "grid.optimum_law"),
                        lambda: _check_grid(config)))
     else:
         tokens_per_step = train.global_batch_size * data.seq_len
@@ -178,6 +188,18 @@ def _stage_checks(config, workdir: str, device_count: int) -> list[tuple[tuple[s
     checks.append((("train.lr", "train.grad_clip", "train.warmup_frac", "train.min_lr_ratio",
                     "train.b2", "train.weight_decay", "model.size"), optimizer))
     return checks
+
+
+def _check_memory(config: ml_collections.ConfigDict, device_count: int) -> None:
+    from ehr_jax import parallel
+    from ehr_jax.train import memory
+
+    memory.check_config(config.train)
+    if config.train.grad_accum_steps:
+        shape = parallel.mesh_shape(config.mesh.shape, device_count)
+        memory.check_accumulation(config.train.grad_accum_steps, config.train.global_batch_size,
+                                  parallel.check_batch_size(config.train.global_batch_size, shape),
+                                  tuple(config.mesh.shape))
 
 
 def _check_data_dirs(data: ml_collections.ConfigDict, workdir: str) -> None:

@@ -56,13 +56,14 @@ def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
     return shape
 
 
-def check_batch_size(global_batch_size: int, shape: Sequence[int]) -> None:
-    """The global batch splits evenly over the batch axes (data x fsdp) of a filled-in shape."""
+def check_batch_size(global_batch_size: int, shape: Sequence[int]) -> int:
+    """The batch shards (data x fsdp) of a filled-in mesh shape, which must divide the batch."""
     shards = math.prod(s for axis, s in zip(MESH_AXES, shape) if axis in BATCH_AXES)
     if global_batch_size % shards:
         raise ConfigError(f"config.train.global_batch_size={global_batch_size} must be a multiple "
                           f"of the {shards} batch shards (data x fsdp) of mesh shape "
                           f"{tuple(shape)}")
+    return shards
 
 
 def agree(value: bool) -> bool:

@@ -51,16 +51,20 @@ RUN_LOCK = ".run.lock"  # in a run dir: its one trainer (and evaluator)
 ANALYSIS_LOCK = ".analysis.lock"
 
 # Keys that change logging, speed, memory or which runs this invocation does, never a result.
-# (model.attention picks a kernel for the same function.)
+# (model.attention picks a kernel, and the memory keys rematerialisation and micro-batches, for
+# the same function and global batch.)
 IGNORED_KEYS = ("data.num_workers", "model.remat", "model.attention", "mesh.shape",
                 "train.log_every", "train.eval_every", "train.checkpoint_every",
-                "train.keep_checkpoints", "train.profile_steps", "eval.enabled", "grid.only",
-                "grid.dry_run", "grid.analysis", "grid.compilation_cache")
+                "train.keep_checkpoints", "train.keep_steps", "train.profile_steps",
+                "train.memory_fit", "train.grad_accum_steps", "train.device_memory_gib",
+                "eval.enabled", "grid.only", "grid.dry_run", "grid.analysis",
+                "grid.compilation_cache")
 # Keys a rerun may change with --allow_changes=KEY (or a group: eval, grid): evaluation settings
 # (runs already evaluated keep their results) and the grid (runs of one (budget, size) are the
 # same run in either grid, so a larger grid extends the study).
-CHANGEABLE_KEYS = ("eval.", "grid.budgets", "grid.sizes", "grid.sizes_per_budget",
-                   "grid.tokens_per_param", "grid.min_steps", "grid.max_epochs")
+CHANGEABLE_KEYS = ("eval.", "grid.budgets", "grid.sizes", "grid.seeds", "grid.sizes_per_budget",
+                   "grid.tokens_per_param", "grid.optimum_law", "grid.min_sizes",
+                   "grid.min_steps", "grid.max_epochs")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
