@@ -200,6 +200,7 @@ COMMAND_LINE_MISTAKES = [
 ]
 
 
+@pytest.mark.slow
 def test_command_line_mistakes_exit_2_with_one_error_line_and_no_work(tmp_path):
     (tmp_path / "a_file").write_text("x")
     results = _main_processes([args for args, _ in COMMAND_LINE_MISTAKES], tmp_path)

@@ -14,6 +14,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 import train_fixtures
 
 REPO = train_fixtures.REPO
@@ -124,6 +126,7 @@ def _check_pip(flags: list[str]) -> None:
     assert all(f'"{extra}":' in setup for extra in extras), extras
 
 
+@pytest.mark.slow
 def test_docs_commands_run_as_written(tmp_path):
     commands = doc_commands()
     assert len(commands) >= 15, commands  # the extraction still finds the docs' commands

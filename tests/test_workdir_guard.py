@@ -149,6 +149,7 @@ def _hold_lock(directory, name, seconds, then_write=""):
     return child
 
 
+@pytest.mark.slow
 def test_a_lock_names_its_holder_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
     child = _hold_lock(tmp_path, rundir.RUN_LOCK, 600)
     lock = rundir.Lock(tmp_path, rundir.RUN_LOCK, "the run")
@@ -160,6 +161,7 @@ def test_a_lock_names_its_holder_and_a_killed_holder_leaves_no_stale_lock(tmp_pa
     lock.release()
 
 
+@pytest.mark.slow
 def test_sweep_does_other_runs_first_and_never_trains_a_run_held_elsewhere(tmp_path):
     busy = tmp_path / "runs" / "c1e11-d32-l1"
     child = _hold_lock(busy, rundir.RUN_LOCK, 3, then_write=str(busy / "summary.json"))
@@ -172,6 +174,7 @@ def test_sweep_does_other_runs_first_and_never_trains_a_run_held_elsewhere(tmp_p
     assert sorted(_result_names(tmp_path)) == sorted(outcome["finished"])
 
 
+@pytest.mark.slow
 def test_nan_before_the_first_checkpoint_says_none_was_saved(prepared_dir, tmp_path):
     config = train_fixtures.tiny_config(prepared_dir, steps=12)
     config.train.lr = 1e30  # the first update blows the weights up
@@ -194,6 +197,7 @@ def _sweep_process(workdir, log):
                             stderr=open(log, "w"))
 
 
+@pytest.mark.slow
 def test_sweeps_started_together_and_20s_apart_train_every_run_once(tmp_path):
     workdir = tmp_path / "sweep"
     logs = [tmp_path / f"sweep{i}.log" for i in range(3)]
