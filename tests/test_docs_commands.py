@@ -11,6 +11,7 @@ import glob
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -100,11 +101,15 @@ def _invocation(command: str, tmp) -> tuple[str, list[str]] | None:
             value = os.path.join(REPO, "analysis", "example_results.jsonl")
         elif key == "--out":
             value = f"{tmp}/analysis"
+        elif key in ("--a", "--b"):  # two sweeps: test_docs_commands_run_as_written fills them
+            value = f"{tmp}/sweep_{key[2:]}"
         out.append(f"{key}={value}" if value else key)
     if module == "ehr_jax.synthetic" and "--overwrite" not in out:
         out.append("--overwrite")  # the docs' commands share one output folder here
     if module == "ehr_jax.prepare" and not out:
         out = [f"--meds_dir={tmp}/meds", f"--out_dir={tmp}/prepared"]
+    if module == "ehr_jax.sweep.compare" and not out:
+        out = [f"--a={tmp}/sweep_a", f"--b={tmp}/sweep_b"]
     argv = [sys.executable, "-m", module, *out]
     if module == "ehr_jax.main":
         smoke = "configs/smoke.py" in command and "runs/smoke" in command
@@ -113,7 +118,8 @@ def _invocation(command: str, tmp) -> tuple[str, list[str]] | None:
         tasks = [] if "--config.eval.tasks" in command else ["--config.eval.tasks=mortality"]
         return "evaluate", argv + TINY_EVAL + tasks
     return {"ehr_jax.synthetic": "generate", "ehr_jax.data.prepare": "prepare",
-            "ehr_jax.prepare": "prepare", "analysis.report": "report"}[module], argv
+            "ehr_jax.prepare": "prepare", "analysis.report": "report",
+            "ehr_jax.sweep.compare": "compare"}[module], argv
 
 
 def _check_pip(flags: list[str]) -> None:
@@ -142,7 +148,12 @@ def test_docs_commands_run_as_written(tmp_path):
     for flags in plan.pop("pip"):
         _check_pip(flags)
     env = train_fixtures.child_env(1)
-    order = ["generate", "prepare", "train", "evaluate", "tensorboard", "ruff", "report"]
+    order = ["generate", "prepare", "train", "evaluate", "tensorboard", "ruff", "report",
+             "compare"]
+    for name in ("sweep_a", "sweep_b"):  # two sweeps' results for ehr_jax.sweep.compare
+        os.makedirs(tmp_path / name)
+        shutil.copy(os.path.join(REPO, "analysis", "example_results.jsonl"),
+                    tmp_path / name / "results.jsonl")
     assert set(plan) <= set(order) | {"validate"}, plan.keys()
     running = []
     for stage in order:
