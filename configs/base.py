@@ -88,4 +88,5 @@ def get_config() -> ml_collections.ConfigDict:
     # each task's horizon (or a long stay) x the data's tokens per day; capped rollouts are censored
     config.eval.probe = True  # also fit a linear probe on the representation at prediction time
     config.eval.bootstrap = 1000  # bootstrap resamples (by subject) for 95% CIs
+    config.eval.write_trajectories = False  # also write each task's rollouts as a MEDS dataset
     return config

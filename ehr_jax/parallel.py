@@ -56,6 +56,27 @@ def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
     return shape
 
 
+def check_batch_size(global_batch_size: int, shape: Sequence[int]) -> int:
+    """The batch shards (data x fsdp) of a filled-in mesh shape, which must divide the batch."""
+    shards = math.prod(s for axis, s in zip(MESH_AXES, shape) if axis in BATCH_AXES)
+    if global_batch_size % shards:
+        raise ConfigError(f"config.train.global_batch_size={global_batch_size} must be a multiple "
+                          f"of the {shards} batch shards (data x fsdp) of mesh shape "
+                          f"{tuple(shape)}")
+    return shards
+
+
+def agree(value: bool) -> bool:
+    """Process 0's value on every process of the job (with one process, the value itself), so
+    decisions only process 0 can make (locks, files it read) are the same everywhere."""
+    if jax.process_count() == 1:
+        return bool(value)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(value))))
+
+
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A Mesh over `devices` (default: all global devices) with axes MESH_AXES, every axis Auto
     (pjit semantics)."""

@@ -25,9 +25,9 @@ from typing import Callable, Iterable, Iterator
 import ml_collections
 import numpy as np
 import polars as pl
-from absl import app, flags, logging
+from absl import flags, logging
 
-from ehr_jax import rundir
+from ehr_jax import cli, rundir
 from ehr_jax.data import barrier, meds, shards, tokenize, vocab
 from ehr_jax.errors import ConfigError, DataError, EhrJaxError
 
@@ -304,4 +304,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -65,11 +65,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     is_writer = jax.process_index() == 0
     sizes.get_size(config.model.size)  # config mistakes surface before data is prepared
     mesh = parallel.make_mesh(tuple(config.mesh.shape))
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.train.global_batch_size % batch_shards:
-        raise ConfigError(f"train.global_batch_size={config.train.global_batch_size} must be a "
-                          f"multiple of the {batch_shards} batch shards (data x fsdp) of "
-                          f"mesh.shape={tuple(config.mesh.shape)}")
+    batch_shards = parallel.check_batch_size(config.train.global_batch_size,
+                                             tuple(mesh.shape.values()))
     parallel.check_batch_layout(mesh, config.train.global_batch_size)
 
     # Data: every process reads its rows of each batch.
@@ -460,11 +457,17 @@ class TrainLoop:
         values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
         if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
             self.checkpointer.wait()
+            latest = self.checkpointer.latest_step()
+            kept = (f"the last good checkpoint (step {latest}) is kept, but resuming it with "
+                    f"the same settings would diverge again" if latest is not None else
+                    f"no checkpoint was saved yet (the first is due at step "
+                    f"{min(self.cfg.checkpoint_every, self.plan.steps)}), so nothing is lost")
             raise NonFiniteLossError(
                 f"training loss {values['loss']} / gradient norm {values['grad_norm']} at step "
-                f"{step} is not finite; the last good checkpoint (step "
-                f"{self.checkpointer.latest_step()}) is kept. Lower train.lr or raise "
-                f"train.warmup_frac and rerun with a fresh --workdir.")
+                f"{step} is not finite; {kept}. Lower train.lr (peak {self.plan.peak_lr:.3g}) or "
+                f"raise train.warmup_frac, and rerun"
+                + (" in a new --workdir." if latest is not None else
+                   " (the same --workdir accepts new settings while it holds no checkpoint)."))
         self.chrono.mark(step)
         self.recent_losses.append(values["loss"])
         self.target_tokens += int(values["target_tokens"])
