@@ -50,7 +50,9 @@ RULES: dict[str, Rule] = {
     "data.num_quantiles": _at_least(1),
     "data.records_per_shard": _at_least(1),
     "data.max_text_values": _at_least(0),
+    "data.prepare_wait_s": _at_least(0),
     "model.n_kv_heads": _at_least(0),
+    "model.vocab_multiple": _at_least(0),
     "mesh.shape": ((lambda v: not isinstance(v, str) and all(
         isinstance(s, (int, np.integer)) for s in v)), "a tuple of integers, e.g. (-1, 1, 1)"),
     "train.global_batch_size": _at_least(1),
