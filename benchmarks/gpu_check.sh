@@ -44,6 +44,10 @@ echo "== 3. memory: predicted vs measured ($big, batch $batch x seq $seq, $dtype
 $py benchmarks/aot_memory.py --target=local --execute --sizes=$big --seq_len=$seq --batch=$batch \
   --dtype=$dtype --mesh=-1,1,1 2>&1 | quiet
 
+echo "== 3b. memory pre-flight: what the trainer would pick on this device ($big)"
+$py benchmarks/aot_memory.py --target=local --choose --device_gib=0 --sizes=$big --seq_len=$seq \
+  --batch=$batch --dtype=$dtype --mesh=-1,1,1 2>&1 | quiet
+
 echo "== 4. train throughput (seq $seq, $dtype)"
 $py benchmarks/train_throughput.py --sizes=$sizes --seq_len=$seq --batch=$batch --dtype=$dtype \
   --steps=5 2>&1 | quiet

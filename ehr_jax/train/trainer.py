@@ -65,11 +65,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     is_writer = jax.process_index() == 0
     sizes.get_size(config.model.size)  # config mistakes surface before data is prepared
     mesh = parallel.make_mesh(tuple(config.mesh.shape))
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.train.global_batch_size % batch_shards:
-        raise ConfigError(f"train.global_batch_size={config.train.global_batch_size} must be a "
-                          f"multiple of the {batch_shards} batch shards (data x fsdp) of "
-                          f"mesh.shape={tuple(config.mesh.shape)}")
+    batch_shards = parallel.check_batch_size(config.train.global_batch_size,
+                                             tuple(mesh.shape.values()))
+    parallel.check_batch_layout(mesh, config.train.global_batch_size)
 
     # Data: every process reads its rows of each batch.
     manifest = shards.read_manifest(prepared_dir)
@@ -467,11 +465,17 @@ class TrainLoop:
         values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
         if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
             self.checkpointer.wait()
+            latest = self.checkpointer.latest_step()
+            kept = (f"the last good checkpoint (step {latest}) is kept, but resuming it with "
+                    f"the same settings would diverge again" if latest is not None else
+                    f"no checkpoint was saved yet (the first is due at step "
+                    f"{min(self.cfg.checkpoint_every, self.plan.steps)}), so nothing is lost")
             raise NonFiniteLossError(
                 f"training loss {values['loss']} / gradient norm {values['grad_norm']} at step "
-                f"{step} is not finite; the last good checkpoint (step "
-                f"{self.checkpointer.latest_step()}) is kept. Lower train.lr or raise "
-                f"train.warmup_frac and rerun with a fresh --workdir.")
+                f"{step} is not finite; {kept}. Lower train.lr (peak {self.plan.peak_lr:.3g}) or "
+                f"raise train.warmup_frac, and rerun"
+                + (" in a new --workdir." if latest is not None else
+                   " (the same --workdir accepts new settings while it holds no checkpoint)."))
         self.real_tokens += int(values["real_tokens"])
         self.chrono.mark(step, self.real_tokens)
         self.recent_losses.append(values["loss"])
@@ -522,6 +526,8 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "n_layers": model_cfg.n_layers,
         "d_model": model_cfg.d_model,
         "model_size": model_cfg.size_name,
+        "vocab_size": model_cfg.vocab_size,
+        "vocab_rows": model_cfg.vocab_rows,  # embedding rows with model.vocab_multiple padding
         "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
         "tokens_seen": tokens,  # real (non-pad) input tokens: the D of the scaling fits
         "padded_tokens_seen": plan.steps * plan.tokens_per_step,
