@@ -296,15 +296,19 @@ def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: i
                   mesh: jax.sharding.Mesh | None = None) -> nnx.Module:
     """The model of the run's newest checkpoint, sharded over `mesh` as in training (default:
     one device); the optimizer item stays on disk."""
-    model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
     mesh = mesh or parallel.make_mesh((1, 1, 1), jax.devices()[:1])
-    graphdef, abstract = model_init.abstract(model_cfg, mesh)
     directory = os.path.join(run_dir, rundir.CHECKPOINTS)
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no checkpoints; train the run first (python -m ehr_jax.main)")
     checkpointer = checkpoint.Checkpointer(directory, keep=max(1, int(config.train.keep_checkpoints)),
                                            use_async=False)
     try:
+        # The trained embedding's rows: its vocabulary padding (model.vocab_multiple "auto"
+        # depends on the backend it trained on, which need not be this one).
+        rows = checkpointer.model_shape("embed")
+        model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len,
+                                             padded_vocab=rows[0] if rows else None)
+        graphdef, abstract = model_init.abstract(model_cfg, mesh)
         restored = checkpointer.restore_model(abstract)
     finally:
         checkpointer.close()
