@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_kv_heads = 0  # grouped-query attention: KV heads (0: one per query head)
     config.model.tie_embeddings = False  # share the input embedding with the output head
     config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
+    config.model.scan_layers = "auto"  # nnx.scan over stacked blocks: auto (on for GPU/TPU, off on CPU), on, off
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 16  # windows per step, across all processes

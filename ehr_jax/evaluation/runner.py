@@ -164,22 +164,28 @@ class Predictors:
 
 
 def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: int) -> nnx.Module:
-    """The model of the run's newest checkpoint, on one device (the optimizer item stays on disk)."""
+    """The model of the run's newest checkpoint, on one device (the optimizer item stays on disk).
+
+    The layer layout (scan_layers) is the one the checkpoint records, whatever this backend's
+    default, so a run trained on GPU evaluates on CPU.
+    """
     model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
-    one_device = parallel.make_mesh((1, 1, 1), jax.devices()[:1])
-    graphdef, abstract = model_init.abstract(model_cfg, one_device)
     directory = os.path.join(run_dir, rundir.CHECKPOINTS)
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no checkpoints; train the run first (python -m ehr_jax.main)")
     checkpointer = checkpoint.Checkpointer(directory, keep=max(1, int(config.train.keep_checkpoints)),
                                            use_async=False)
     try:
-        restored = checkpointer.restore_model(abstract)
+        meta = checkpointer.latest_meta()
+        if meta is None:
+            raise DataError(f"{directory}: no complete checkpoint; train the run first")
+        scan_layers = bool(meta.get("scan_layers", model_cfg.scan_layers))
+        model_cfg = dataclasses.replace(model_cfg, scan_layers=scan_layers)
+        one_device = parallel.make_mesh((1, 1, 1), jax.devices()[:1])
+        graphdef, abstract = model_init.abstract(model_cfg, one_device)
+        step, state = checkpointer.restore_model(abstract)
     finally:
         checkpointer.close()
-    if restored is None:
-        raise DataError(f"{directory}: no complete checkpoint; train the run first")
-    step, state = restored
     logging.info("evaluation: restored the model of step %d of %s", step, run_dir)
     return nnx.merge(graphdef, state)
 

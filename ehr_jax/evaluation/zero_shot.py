@@ -142,8 +142,7 @@ class RolloutSampler:
         logits_CxV, cache = model.prefill(prompts_CxP, valid_CxP, max_len=capacity)
         # Prefill once per case, then give each of its r rollouts a copy of the cache.
         repeat = functools.partial(jnp.repeat, repeats=r, axis=0)
-        cache = cache._replace(k=tuple(map(repeat, cache.k)), v=tuple(map(repeat, cache.v)),
-                               valid_BxS=repeat(cache.valid_BxS), pos_B=repeat(cache.pos_B))
+        cache = cache.repeat(r)
         n = prompts_CxP.shape[0] * r
         horizon_N = repeat(horizon_C)
         zeros_b, zeros_i = jnp.zeros(n, bool), jnp.zeros(n, jnp.int32)

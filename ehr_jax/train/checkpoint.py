@@ -104,6 +104,14 @@ class Checkpointer:
             model=ocp.args.StandardRestore(abstract_model)))
         return step, restored.model
 
+    def latest_meta(self) -> dict | None:
+        """The meta item of the newest checkpoint (small JSON), or None when there is none."""
+        step = self._latest_with_items()
+        if step is None:
+            return None
+        return dict(self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta or {})
+
     def _latest_with_items(self) -> int | None:
         """The newest step, refusing checkpoints from before the model/optimizer split."""
         step = self._manager.latest_step()

@@ -50,6 +50,7 @@ class Plan:
     n_params: int
     n_params_non_embedding: int
     vocab_size: int
+    scan_layers: bool  # the parameter layout, recorded in every checkpoint for evaluation
 
     @property
     def tokens_per_step(self) -> int:
@@ -111,7 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
                  start_step)
 
     # Loop.
-    peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
+    peak_total = metrics.peak_flops(jax.devices()[0]) * jax.device_count()
     chrono = metrics.Chrono(plan.steps, plan.tokens_per_step,
                             plan.tokens_per_step * plan.flops_per_token, peak_total)
     writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
@@ -161,7 +162,8 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
     return Plan(steps=steps, global_batch_size=batch, seq_len=model_cfg.seq_len,
                 peak_lr=optim.peak_learning_rate(config.train, size.d_model),
                 flops_per_token=flops_per_token, n_params=total,
-                n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
+                n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size,
+                scan_layers=model_cfg.scan_layers)
 
 
 def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
@@ -318,7 +320,7 @@ class TrainLoop:
         wall_s = self.prior_wall_s + time.perf_counter() - self.session_start
         self.checkpointer.save(step, state, self.loader.get_state(), {
             "recent_losses": list(self.recent_losses), "target_tokens": self.target_tokens,
-            "wall_s": wall_s, "val_loss": self.val_loss})
+            "wall_s": wall_s, "val_loss": self.val_loss, "scan_layers": self.plan.scan_layers})
 
 
 def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
@@ -334,9 +336,9 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "run_name": os.path.basename(workdir),
         "n_params": plan.n_params,
         "n_params_non_embedding": plan.n_params_non_embedding,
-        "n_layers": model_cfg.n_layers,
-        "d_model": model_cfg.d_model,
-        "model_size": model_cfg.size_name,
+        "n_layers": model_cfg.size.n_layers,
+        "d_model": model_cfg.size.d_model,
+        "model_size": model_cfg.size.name,
         "tokens_seen": tokens,
         "target_tokens_seen": loop.target_tokens,
         "flops": tokens * plan.flops_per_token,
