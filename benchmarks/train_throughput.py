@@ -30,6 +30,7 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per window.")
 _VOCAB = flags.DEFINE_integer("vocab", 2048, "Vocabulary size.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per size (after 2 warm-up steps).")
 _DTYPE = flags.DEFINE_string("dtype", "auto", "Compute dtype: auto, float32, bfloat16.")
+_SCAN = flags.DEFINE_string("scan_layers", "auto", "config.model.scan_layers: auto, on, off.")
 
 
 def machine_line() -> str:
@@ -43,6 +44,7 @@ def _config(size_name: str):
     config = trainer_config()
     config.model.size = size_name
     config.model.dtype = _DTYPE.value
+    config.model.scan_layers = _SCAN.value
     config.data.seq_len = _SEQ_LEN.value
     config.train.global_batch_size = _BATCH.value
     config.train.steps = _STEPS.value + 2
@@ -100,7 +102,7 @@ def main(argv) -> None:
     print(f"peak: {peak / 1e9:.1f} GFLOP/s "
           f"({'table' if metrics.known_peak(jax.devices()[0].device_kind) else 'measured matmul'})")
     print(f"batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value}, "
-          f"dtype {_DTYPE.value}, {_STEPS.value} timed steps")
+          f"dtype {_DTYPE.value}, scan_layers {_SCAN.value}, {_STEPS.value} timed steps")
     print(f"{'size':>9} {'params':>10} {'non-emb':>10} {'compile s':>9} {'step ms':>8} "
           f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak':>6} {'MFU':>6} {'load':>5}")
     for name in _SIZES.value:
