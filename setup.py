@@ -28,8 +28,11 @@ setuptools.setup(
         "meds>=0.4,<0.5",
     ],
     extras_require={
+        # The test extra includes beam so the Beam-vs-local equivalence test runs in CI.
         "test": ["pytest>=8", "ruff>=0.6", "meds-testing-helpers>=0.3", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6"],
+                 "ipykernel>=6", "apache-beam>=2.77"],
+        # prepare --engine=beam (DirectRunner, Dataflow, Flink, Spark); it pins pyarrow<26, protobuf<7.
+        "beam": ["apache-beam>=2.77"],
         "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "tensorboard>=2.16"],
     },
 )

@@ -158,7 +158,7 @@ def example_summaries(seed: int = 0, law: Law = Law(), noise: float = 0.005,
                 "val_loss": loss, "epochs_over_data": tokens / TRAIN_TOKENS, "steps": steps,
                 "wall_s": None, "tokens_per_s": None, "mfu": None, "device_kind": "synthetic",
                 "num_devices": 1, "grid_point": {"budget": budget, "size": name},
-                "evaluation": _evaluation(rng, counts["n_params_non_embedding"]),
+                "evaluation": {"builtin": _evaluation(rng, counts["n_params_non_embedding"])},
                 "provenance": {"etl_name": "analysis.synthetic_results", "etl_version": "0",
                                "meds_version": None, "tokenizer_hash": None}})
     return rows

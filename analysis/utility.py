@@ -39,15 +39,28 @@ def _auroc_table(dataset: Dataset) -> dict[tuple[str, str], list[tuple[float, fl
     """(task, method) -> [(n, val_loss, auroc)] over runs with a finite AUROC."""
     table: dict = {}
     for record, n, loss in zip(dataset.summaries, dataset.points.n, dataset.points.loss):
-        evaluation = record.get("evaluation")
-        if not isinstance(evaluation, dict):
-            continue
-        for task, methods in evaluation.items():
-            for method, metrics in (methods or {}).items():
-                auroc = metrics.get("auroc") if isinstance(metrics, dict) else None
-                if isinstance(auroc, (int, float)) and math.isfinite(auroc):
-                    table.setdefault((task, method), []).append((float(n), float(loss), float(auroc)))
+        for task, method, metrics in _evaluation_rows(record.get("evaluation")):
+            auroc = metrics.get("auroc")
+            if isinstance(auroc, (int, float)) and math.isfinite(auroc):
+                table.setdefault((task, method), []).append((float(n), float(loss), float(auroc)))
     return table
+
+
+def _evaluation_rows(evaluation) -> list[tuple[str, str, dict]]:
+    """(task, method, metrics) of a summary's evaluation: {name: {task: {method: metrics}}}
+    (the built-in tasks under "builtin" keep their names, others become "<name>/<task>"), or
+    the flat {task: {method: metrics}} of summaries written before evaluations had names."""
+    if not isinstance(evaluation, dict):
+        return []
+    def rows(by_task: dict, prefix: str) -> list:
+        return [(prefix + task, method, metrics) for task, methods in by_task.items()
+                if isinstance(methods, dict) for method, metrics in methods.items()
+                if isinstance(metrics, dict)]
+    flat = rows(evaluation, "")
+    if any("auroc" in metrics or "not_run" in metrics for _, _, metrics in flat):
+        return flat
+    return [row for name, by_task in evaluation.items() if isinstance(by_task, dict)
+            for row in rows(by_task, "" if name == "builtin" else f"{name}/")]
 
 
 def fit_utility(dataset: Dataset, n_boot: int = 1000, seed: int = 0,

@@ -9,6 +9,8 @@ traced on abstract state (nothing is allocated) and compiled ahead of time:
 - `cpu8`: 8 fake CPU devices (set XLA_FLAGS=--xla_force_host_platform_device_count=8, done here
   when the flag is missing): XLA:CPU's buffer assignment per device, the stand-in for a GPU node
   (this machine cannot compile for CUDA; bf16 compute is asked for explicitly).
+- `local`: this host's own devices (a GPU node); with --execute the step then runs twice on
+  initialised state and the device's measured peak_bytes_in_use is printed beside the prediction.
 - `v5p:AxBxC`, `v5e:AxB`, ...: real TPU programs through libtpu's compile-only client
   (`pip install libtpu==0.0.42.*`, the version jax 0.10.2's [tpu] extra pins; add its folder
   with --libtpu_path when it is not importable).
@@ -22,7 +24,10 @@ import time
 
 from absl import app, flags
 
-_TARGET = flags.DEFINE_string("target", "cpu8", "cpu8, or a TPU topology like v5p:4x4x2.")
+_TARGET = flags.DEFINE_string("target", "cpu8", "cpu8, local (this host's devices), or a TPU "
+                              "topology like v5p:4x4x2.")
+_EXECUTE = flags.DEFINE_bool("execute", False, "target=local: also run two real steps and print "
+                             "the device's peak_bytes_in_use beside the prediction.")
 _SIZES = flags.DEFINE_list("sizes", ["d1024-l14", "d1280-l16", "d2048-l20"], "Ladder names.")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "(data, fsdp, tensor); one -1 takes the rest.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Global batch (windows per step).")
@@ -42,6 +47,8 @@ def _devices_and_kind():
         if jax.device_count() < 8:
             raise app.UsageError("cpu8 needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
         return jax.devices()[:8], "8 fake CPU devices"
+    if _TARGET.value == "local":
+        return jax.devices(), f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     from jax.experimental import topologies
 
     topology = topologies.get_topology_desc(topology_name=_TARGET.value, platform="tpu")
@@ -75,27 +82,53 @@ def measure(size_name: str, mesh) -> dict:
     config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-
+    tx = optim.make_optimizer(config.train)
     graphdef, abstract_state = model_init.abstract(model_cfg, mesh, tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
     batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)
+    schedule_inputs = {key: jax.ShapeDtypeStruct((), np.float32) for key in schedule.inputs()}
     shape = (_BATCH.value, _SEQ_LEN.value)
     batch = {"tokens": jax.ShapeDtypeStruct(shape, np.int32),
              "targets": jax.ShapeDtypeStruct(shape, np.int32),
              "mask": jax.ShapeDtypeStruct(shape, np.float32)}
     start = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = step.trace(abstract_state, batch).lower().compile()
+        compiled = step.trace(abstract_state, batch, schedule_inputs).lower().compile()
     compile_s = time.perf_counter() - start
     m = compiled.memory_analysis()
     peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
             + m.temp_size_in_bytes)
+    measured = (_execute(model_cfg, tx, mesh, compiled, schedule.inputs()) if _EXECUTE.value
+                else None)
     return {"size": size_name, "n_params": plan.n_params, "args": m.argument_size_in_bytes,
             "outputs": m.output_size_in_bytes, "alias": m.alias_size_in_bytes,
-            "temps": m.temp_size_in_bytes, "peak": peak, "compile_s": compile_s}
+            "temps": m.temp_size_in_bytes, "peak": peak, "compile_s": compile_s,
+            "measured_peak": measured}
+
+
+def _execute(model_cfg, tx, mesh, compiled, schedule_inputs: dict) -> int | None:
+    """Two real steps of the compiled program; the first device's peak_bytes_in_use after them."""
+    import jax
+    import numpy as np
+
+    from ehr_jax import parallel
+    from ehr_jax.model import init as model_init
+    from ehr_jax.train import trainer
+
+    _, state, _ = model_init.init(model_cfg, mesh, 0, tx)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, _VOCAB.value, (_BATCH.value, _SEQ_LEN.value + 1), dtype=np.int32)
+    batch = trainer.local_batch_to_global(
+        {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
+         "mask": np.ones((_BATCH.value, _SEQ_LEN.value), np.float32)},
+        parallel.batch_sharding(mesh), _BATCH.value)
+    for _ in range(2):
+        state, metrics = compiled(state, batch, schedule_inputs)
+    jax.block_until_ready(metrics)
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
 
 
 def main(argv) -> None:
@@ -111,15 +144,17 @@ def main(argv) -> None:
     mesh = _mesh(devices)
     print(f"{machine.describe()}; jax {jax.__version__}; compiling for {kind}, mesh "
           f"{dict(mesh.shape)}; batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value},"
-          f" {_DTYPE.value}, remat {_REMAT.value}")
+          f" {_DTYPE.value}, remat {_REMAT.value}", flush=True)
     print(f"{'size':>10} {'params':>14} {'args GiB':>9} {'temps GiB':>9} {'peak GiB':>9} "
           f"{'compile s':>9} fits {_DEVICE_GIB.value:g} GiB")
     for name in _SIZES.value:
         r = measure(name, mesh)
         gib = 2.0**30
+        measured = ("" if r["measured_peak"] is None
+                    else f"  measured peak {r['measured_peak'] / gib:.2f} GiB")
         print(f"{r['size']:>10} {r['n_params']:>14,} {r['args'] / gib:>9.2f} "
               f"{r['temps'] / gib:>9.2f} {r['peak'] / gib:>9.2f} {r['compile_s']:>9.1f} "
-              f"{'yes' if r['peak'] <= _DEVICE_GIB.value * gib else 'NO'}", flush=True)
+              f"{'yes' if r['peak'] <= _DEVICE_GIB.value * gib else 'NO'}{measured}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from absl import app, flags
 
-from ehr_jax import parallel
+from ehr_jax import config_files, parallel
 from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
 from ehr_jax.train import optim, trainer
@@ -33,32 +32,36 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per window.")
 _VOCAB = flags.DEFINE_integer("vocab", 2048, "Vocabulary size.")
 
 
+def _rung() -> sizes.ModelSize:
+    return next(s for s in sizes.LADDER.values() if s.d_model == _WIDTH.value)
+
+
 def _size(depth: int) -> sizes.ModelSize:
-    rung = next(s for s in sizes.LADDER.values() if s.d_model == _WIDTH.value)
-    return dataclasses.replace(rung, name=f"d{_WIDTH.value}-l{depth}", n_layers=depth)
+    return dataclasses.replace(_rung(), name=f"d{_WIDTH.value}-l{depth}", n_layers=depth)
 
 
 def compile_seconds(depth: int, scan: str) -> tuple[float, float]:
     """(trace + lower, XLA compile) seconds of one train step."""
-    model_cfg = transformer.model_config(
-        ml_collections.ConfigDict({"size": f"d{_WIDTH.value}-l8", "scan_layers": scan}),
-        _VOCAB.value, _SEQ_LEN.value)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
+    config.model.size, config.model.scan_layers = _rung().name, scan
+    config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
+    model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     model_cfg = dataclasses.replace(model_cfg, size=_size(depth))
+    plan = trainer.make_plan(config, model_cfg)
     mesh = parallel.make_mesh((-1, 1, 1))
-    tx = optim.make_optimizer(ml_collections.ConfigDict(dict(
-        grad_clip=1.0, warmup_frac=0.05, min_lr_ratio=0.1, b2=0.95, weight_decay=0.1)), 1e-3, 100)
-    graphdef, state = model_init.abstract(model_cfg, mesh, tx)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
+    graphdef, state = model_init.abstract(model_cfg, mesh, optim.make_optimizer(config.train))
     batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(1e-3, 100, 0.05, 0.1)
-    step = trainer.make_train_step(graphdef, shardings, batch_sharding, schedule)
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    step = trainer.make_train_step(graphdef, jax.tree.map(lambda x: x.sharding, state),
+                                   batch_sharding, schedule.kind)
+    inputs = {key: jax.ShapeDtypeStruct((), jnp.float32) for key in schedule.inputs()}
     shape = (_BATCH.value, _SEQ_LEN.value)
-    batch = {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding),
-             "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding),
-             "mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sharding)}
+    batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+             for key, dtype in (("tokens", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))}
     start = time.perf_counter()
     with jax.set_mesh(mesh):  # trace as the trainer does (activation constraints apply)
-        lowered = step.lower(state, batch)
+        lowered = step.lower(state, batch, inputs)
     lowered_at = time.perf_counter()
     lowered.compile()
     return lowered_at - start, time.perf_counter() - lowered_at

@@ -19,7 +19,8 @@ from absl import app, flags
 from ehr_jax import config_files, parallel
 from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
-from ehr_jax.train import metrics, optim, trainer
+from ehr_jax.train import metrics as train_metrics
+from ehr_jax.train import optim, trainer
 
 import machine
 
@@ -31,6 +32,7 @@ _VOCAB = flags.DEFINE_integer("vocab", 2048, "Vocabulary size.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per size (after 2 warm-up steps).")
 _DTYPE = flags.DEFINE_string("dtype", "auto", "Compute dtype: auto, float32, bfloat16.")
 _SCAN = flags.DEFINE_string("scan_layers", "auto", "config.model.scan_layers: auto, on, off.")
+_ATTENTION = flags.DEFINE_string("attention", "auto", "config.model.attention: auto, xla, chunked, ...")
 
 
 def machine_line() -> str:
@@ -45,6 +47,7 @@ def _config(size_name: str):
     config.model.size = size_name
     config.model.dtype = _DTYPE.value
     config.model.scan_layers = _SCAN.value
+    config.model.attention = _ATTENTION.value
     config.data.seq_len = _SEQ_LEN.value
     config.train.global_batch_size = _BATCH.value
     config.train.steps = _STEPS.value + 2
@@ -62,11 +65,16 @@ def measure(size_name: str, peak: float) -> dict:
     mesh = parallel.make_mesh((-1, 1, 1))
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    tx = optim.make_optimizer(config.train)
     graphdef, state, state_sharding = model_init.init(model_cfg, mesh, 0, tx)
     batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(plan.peak_lr, plan.steps, 0.05, 0.1)
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule)
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    train_step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)
+    inputs = jax.device_put(schedule.inputs(), parallel.replicated(mesh))
+
+    def step(state, batch):
+        return train_step(state, batch, inputs)
+
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, _VOCAB.value, (_BATCH.value, _SEQ_LEN.value + 1), dtype=np.int32)
     batch = trainer.local_batch_to_global(
@@ -86,7 +94,7 @@ def measure(size_name: str, peak: float) -> dict:
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / _STEPS.value
     if jax.devices()[0].platform == "cpu":
-        peak = (peak + metrics.measure_matmul_peak()) / 2  # the peak around the timed steps
+        peak = (peak + train_metrics.measure_matmul_peak()) / 2  # the peak around the timed steps
     flops_per_s = plan.tokens_per_step * plan.flops_per_token / step_s
     return {"size": size_name, "n_params": plan.n_params,
             "n_params_non_embedding": plan.n_params_non_embedding, "compile_s": compile_s,
@@ -98,16 +106,17 @@ def measure(size_name: str, peak: float) -> dict:
 def main(argv) -> None:
     del argv
     print(machine_line())
-    peak = metrics.peak_flops(jax.devices()[0]) * jax.device_count()
+    peak = train_metrics.peak_flops(jax.devices()[0]) * jax.device_count()
     print(f"peak: {peak / 1e9:.1f} GFLOP/s "
-          f"({'table' if metrics.known_peak(jax.devices()[0].device_kind) else 'measured matmul'})")
+          f"({'table' if train_metrics.known_peak(jax.devices()[0].device_kind) else 'measured matmul'})")
     print(f"batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value}, "
-          f"dtype {_DTYPE.value}, scan_layers {_SCAN.value}, {_STEPS.value} timed steps")
+          f"dtype {_DTYPE.value}, attention {_ATTENTION.value}, scan_layers {_SCAN.value}, "
+          f"{_STEPS.value} timed steps")
     print(f"{'size':>9} {'params':>10} {'non-emb':>10} {'compile s':>9} {'step ms':>8} "
           f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak':>6} {'MFU':>6} {'load':>5}")
     for name in _SIZES.value:
         cpu = jax.devices()[0].platform == "cpu"
-        r = measure(name, metrics.measure_matmul_peak() if cpu else peak)
+        r = measure(name, train_metrics.measure_matmul_peak() if cpu else peak)
         print(f"{r['size']:>9} {r['n_params']:>10,} {r['n_params_non_embedding']:>10,} "
               f"{r['compile_s']:>9.1f} {1e3 * r['step_s']:>8.1f} {r['tokens_per_s']:>9,.0f} "
               f"{r['gflops_per_s']:>8.1f} {r['peak'] / 1e9:>6.1f} {100 * r['mfu']:>5.1f}% "

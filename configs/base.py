@@ -3,7 +3,9 @@
   python -m ehr_jax.main --config=configs/base.py --workdir=runs/base
 
 Durations: set exactly one of train.steps, train.tokens or train.flops (ehr_jax.train.optim
-turns it into steps). Every other preset changes a few fields of this one.
+turns it into steps). Every other preset changes a few fields of this one. A sweep preset adds
+config.grid = ehr_jax.sweep.grid.default_grid() (its keys are commented there). The code reads
+every key directly, so each key a user may set is here.
 """
 
 import ml_collections
@@ -30,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_kv_heads = 0  # grouped-query attention: KV heads (0: one per query head)
     config.model.tie_embeddings = False  # share the input embedding with the output head
     config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
+    # attention kernel: auto (splash on TPU, cudnn on GPU or triton when packed, xla on CPU),
+    # xla (reference, builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
+    config.model.attention = "auto"
     config.model.scan_layers = "auto"  # nnx.scan over stacked blocks: auto (on for GPU/TPU, off on CPU), on, off
 
     config.train = ml_collections.ConfigDict()
@@ -57,9 +62,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.enabled = False  # run clinical evaluation after training
     config.eval.tasks = ("mortality", "icu_admission", "long_stay", "readmission_30d")  # built-in tasks
     config.eval.labels_dir = ""  # user label parquet root (TASK_ROOT/<task>/**.parquet); "" uses built-in tasks
+    config.eval.task_rules = ()  # user task -> outcome rule for zero-shot/next-token, e.g.
+    # (("inhospital_mortality", "mortality"),) or (("death_30d", "MEDS_DEATH", "", 30),)
+    config.eval.name = ""  # results go to evaluation/<name>/ and summary["evaluation"][name];
+    # "" means "builtin" for the built-in tasks, else the labels_dir's folder name
+    config.eval.prompt_len = 0  # history tokens before each rollout (0: data.seq_len, also the cap)
     config.eval.num_rollouts = 20  # sampled futures per case (ETHOS zero-shot)
-    config.eval.max_cases = 500  # held-out cases per task (0: all)
-    config.eval.max_new_tokens = 256  # rollout token cap
+    config.eval.max_cases = 500  # held-out cases scored per task (0: all)
+    config.eval.max_train_cases = 0  # train cases the probe is fitted on per task (0: all)
+    config.eval.max_new_tokens = 2048  # upper bound of the rollout token caps, which follow from
+    # each task's horizon (or a long stay) x the data's tokens per day; capped rollouts are censored
     config.eval.probe = True  # also fit a linear probe on the representation at prediction time
     config.eval.bootstrap = 1000  # bootstrap resamples (by subject) for 95% CIs
     return config

@@ -1,15 +1,22 @@
-"""Every file in configs/ loads (with each of its presets) and starts its docstring with its command."""
+"""Every file in configs/ loads (with each of its presets) and starts its docstring with its command;
+every key the code reads is one of configs/base.py's (or the sweep's default_grid), each commented."""
 
 import glob
 import importlib.util
 import inspect
+import json
 import os
+import re
 
+import ml_collections
 import pytest
 
-from ehr_jax import main
+from ehr_jax import config_files, main
 from ehr_jax.errors import ConfigError
-from ehr_jax.sweep import grid
+from ehr_jax.evaluation import __main__ as evaluation_cli
+from ehr_jax.evaluation import runner
+from ehr_jax.model import transformer
+from ehr_jax.sweep import grid, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -73,3 +80,48 @@ def test_mimic_iv_spans_the_papers_range_and_requires_meds_dir(tmp_path):
     with pytest.raises(ConfigError, match="config.data.meds_dir"):
         main.run(config, str(tmp_path))
     assert not os.listdir(tmp_path)  # refused before any data was made
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_the_code_reads_only_keys_the_config_has(path, monkeypatch):
+    """A `config.x.get(key, default)` would hide a key missing from base.py (users could not set
+    it): with a ConfigDict.get that refuses missing keys, the readers of every config still work.
+    (Attribute reads, the norm, raise on a missing key anyway.)"""
+    get = ml_collections.ConfigDict.get
+
+    def strict_get(self, key, default=None):
+        assert key in self, f"the code reads config key {key!r}, which the config lacks"
+        return get(self, key, default)
+
+    monkeypatch.setattr(ml_collections.ConfigDict, "get", strict_get)
+    module = _load(path)
+    for preset in _presets(module):
+        config = _get_config(module, preset)
+        transformer.model_config(config.model, 50, config.data.seq_len)
+        runner.EvalSettings.from_config(config)
+        if "grid" in config:
+            config.data.meds_dir = config.data.meds_dir or "/meds"  # mimic_iv.py's is the user's
+            loop.check_config(config)
+            grid.expand(config, vocab_size=600, train_tokens=2_000_000)
+
+
+@pytest.mark.parametrize("path", [os.path.join(REPO, "configs", "base.py"), grid.__file__], ids=os.path.basename)
+def test_every_base_key_has_a_comment(path):
+    with open(path) as f:
+        settings = [line for line in f if re.match(r"\s+(config|grid)(\.\w+)+ = ", line)
+                    and "ConfigDict()" not in line]
+    assert len(settings) > 8
+    assert [line for line in settings if "  # " not in line] == []
+
+
+def test_a_run_config_from_before_a_key_existed_gets_its_default(tmp_path):
+    """`python -m ehr_jax.evaluation` reads the run's config.json over base.py's defaults."""
+    config = _load(os.path.join(REPO, "configs", "quickstart.py")).get_config("tiny")
+    config.eval.num_rollouts = 3
+    saved = json.loads(json.dumps(config.to_dict()))  # what the trainer writes
+    del saved["eval"]["prompt_len"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = evaluation_cli.load_run_config(str(tmp_path))
+    assert loaded.eval.num_rollouts == 3 and tuple(loaded.grid.budgets) == config.grid.budgets
+    assert loaded.eval.prompt_len == config_files.load_sibling(os.path.join(REPO, "configs", "base.py")).eval.prompt_len
+    assert runner.EvalSettings.from_config(loaded).prompt_len == config.data.seq_len

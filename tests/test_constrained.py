@@ -152,5 +152,6 @@ def test_report_on_two_datasets_with_seeds(tmp_path):
     assert [p["unique_tokens"] for p in plans] == [1e8, 3e8, 1e9]
     assert plans[0]["epochs"]["value"] > plans[1]["epochs"]["value"] > plans[2]["epochs"]["value"]
     text = (tmp_path / "out" / "report.txt").read_text()
-    assert "2 seeds/size, SE" in text and "per size N: seeds, mean loss +- SE" in text and "R_star_D = " in text and "U=1e+08, C=3e+18" in text
+    assert "2 seeds/size, SE" in text and "per size N: seeds, mean loss +- SE" in text
+    assert "R_star_D = " in text and "U=1e+08, C=3e+18" in text
     assert "dataset U=1e+08" in text and "joint replicates dropped" in text

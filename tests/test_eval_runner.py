@@ -20,7 +20,7 @@ from ehr_jax.errors import DataError
 from ehr_jax.evaluation import runner
 from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
-from ehr_jax.train import checkpoint, optim, trainer
+from ehr_jax.train import checkpoint, optim
 
 from tests import train_fixtures
 from tests.train_fixtures import base_config
@@ -47,8 +47,7 @@ def run_dir(tmp_path_factory):
     config.eval.bootstrap = 20
     manifest = prepare.prepare(config.data.meds_dir, config.data.prepared_dir, min_code_count=5)
     model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
-    plan = trainer.make_plan(config, model_cfg)
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
+    tx = optim.make_optimizer(config.train)
     _, state, _ = model_init.init(model_cfg, parallel.make_mesh(tuple(config.mesh.shape)), 0, tx)
     saver = checkpoint.Checkpointer(root / "run" / "checkpoints", keep=1, use_async=False)
     saver.save(0, state, {}, {})
@@ -59,27 +58,109 @@ def run_dir(tmp_path_factory):
 
 def test_evaluate_writes_results_predictions_and_summary(run_dir):
     path, config = run_dir
-    results = runner.evaluate(str(path), config, config.data.prepared_dir)
+    results = runner.evaluate(str(path), config, config.data.prepared_dir)["builtin"]
     assert set(results) == {"mortality", "long_stay"}
-    # A probe needs both classes among the few train cases, which a tiny sample may lack.
+    # A probe needs both classes among the train cases, which a tiny dataset may lack.
     rollouts = {"zero_shot", "zero_shot_resolved"}
-    assert rollouts | {"next_token"} <= set(results["mortality"]) <= rollouts | {"next_token", "probe"}
-    assert set(results["long_stay"]) == rollouts | {"probe"}  # no outcome token for next_token
+    assert rollouts | {"next_token", "probe"} == set(results["mortality"])
+    assert set(results["long_stay"]) == rollouts | {"next_token", "probe"}
+    assert "horizon" in results["long_stay"]["next_token"]["not_run"]  # no outcome token: says why
+    assert results["mortality"]["next_token"]["calibrated"] is False
     for methods in results.values():
         for result in methods.values():
-            assert FIELDS <= set(result)
-            assert 0 < result["n_cases"] <= 16
+            if "not_run" not in result:
+                assert FIELDS <= set(result)
+                assert 0 < result["n_cases"] <= 16
+    for task in results:
+        assert 0 <= results[task]["zero_shot"]["capped_share"] <= 1
+        assert results[task]["zero_shot"]["token_cap_max"] <= 8
     summary = json.loads((path / "summary.json").read_text())
-    assert summary["run_name"] == "run" and summary["evaluation"] == json.loads(json.dumps(results))
-    predictions = pl.read_parquet(path / "evaluation" / "mortality" / "zero_shot" / "predictions.parquet")
+    assert summary["run_name"] == "run" and summary["evaluation"]["builtin"] == json.loads(json.dumps(results))
+    out = path / "evaluation" / "builtin"
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    predictions = pl.read_parquet(out / "mortality" / "zero_shot" / "predictions.parquet")
     assert predictions.schema == pl.Schema(runner.PREDICTION_SCHEMA)  # exactly meds-evaluation's columns
     assert predictions.height == results["mortality"]["zero_shot"]["n_cases"]
     assert predictions["predicted_boolean_probability"].is_between(0, 1).all()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(path / "tensorboard"))
     # Subject ids live in the predictions file (meds-evaluation needs them), nowhere a user reads.
     ids = {str(s) for s in predictions["subject_id"].to_list()}
-    for text in ((path / "summary.json").read_text(), (path / "evaluation" / "results.json").read_text()):
+    for text in ((path / "summary.json").read_text(), (out / "results.json").read_text()):
         assert not any(i in text for i in ids)
+
+
+def _comparable(results: dict) -> dict:
+    """Results without wall-clock fields."""
+    return {task: {m: {k: v for k, v in r.items() if k not in ("rollout_s", "generated_tokens_per_s")}
+                   for m, r in methods.items()} for task, methods in results.items()}
+
+
+def test_exported_labels_are_meds_labels_and_read_back_identically(run_dir, tmp_path):
+    """--write_labels: LabelSchema-valid files per task and split that, read back through
+    labels_dir, give the built-in evaluation's results exactly; both evaluations stay apart."""
+    import meds
+    import pyarrow.parquet as pq
+
+    path, config = run_dir
+    config = config.copy_and_resolve_references()
+    config.eval.max_train_cases = 25
+    builtin = runner.evaluate(str(path), config, config.data.prepared_dir)["builtin"]
+    assert builtin["mortality"]["probe"]["n_train_cases"] == 25
+    counts = runner.write_labels(config, config.data.prepared_dir, str(tmp_path / "cohort"))
+    for task in ("mortality", "long_stay"):
+        for split in ("train", "tuning", "held_out"):
+            table = pq.read_table(tmp_path / "cohort" / task / split / "0.parquet")
+            meds.LabelSchema.validate(table)  # raises on any deviation
+            assert table.num_rows == counts[task][split]
+    config.eval.labels_dir = str(tmp_path / "cohort")
+    read_back = runner.evaluate(str(path), config, config.data.prepared_dir)
+    assert set(read_back) == {"cohort"}  # named after the labels' folder
+    assert _comparable(read_back["cohort"]) == _comparable(builtin)
+    summary = json.loads((path / "summary.json").read_text())
+    assert {"builtin", "cohort"} <= set(summary["evaluation"])  # neither overwrote the other
+    for name in ("builtin", "cohort"):
+        assert (path / "evaluation" / name / "mortality" / "probe" / "predictions.parquet").exists()
+
+
+def test_user_task_mapped_to_a_builtin_rule(run_dir, tmp_path):
+    path, config = run_dir
+    config = config.copy_and_resolve_references()
+    config.eval.tasks = ("mortality",)
+    runner.write_labels(config, config.data.prepared_dir, str(tmp_path / "export"))
+    labels_dir = tmp_path / "user_tasks"
+    for task in ("inhospital_mortality", "unmapped"):
+        (labels_dir / task).mkdir(parents=True)
+        for split in ("train", "held_out"):
+            shutil.copytree(tmp_path / "export" / "mortality" / split, labels_dir / task / split)
+    config.eval.labels_dir = str(labels_dir)
+    config.eval.tasks = ("inhospital_mortality", "unmapped")
+    config.eval.task_rules = (("inhospital_mortality", "mortality"),)
+    config.eval.name = "user"
+    results = runner.evaluate(str(path), config, config.data.prepared_dir)["user"]
+    methods = {"zero_shot", "zero_shot_resolved", "next_token", "probe"}
+    assert set(results["inhospital_mortality"]) == methods
+    assert all("not_run" not in r for r in results["inhospital_mortality"].values())
+    assert "task_rules" in results["unmapped"]["zero_shot"]["not_run"]  # says why, and how to fix it
+    assert "not_run" not in results["unmapped"]["probe"]  # the probe needs labels only
+
+
+def test_task_rules_and_names_are_checked():
+    from ehr_jax.errors import ConfigError
+    from ehr_jax.evaluation import tasks
+
+    rules = tasks.parse_task_rules((("a", "mortality"), ("b", "MEDS_DEATH", "", 30),
+                                    ("c", "", "HOSPITAL_DISCHARGE,MEDS_DEATH", 7, True)))
+    assert rules["a"] == tasks.BUILTIN_RULES["mortality"]
+    assert rules["b"] == tasks.OutcomeRule(("MEDS_DEATH",), (), 30.0)
+    assert rules["c"] == tasks.OutcomeRule((), ("HOSPITAL_DISCHARGE", "MEDS_DEATH"), 7.0, horizon_outcome=True)
+    assert tasks.parse_task_rules({"a": "mortality"}) == {"a": rules["a"]}
+    for bad in ((("a", "sepsis"),), (("a", "", "X", 0),), (("a", "X", "Y", "soon"),), (("a",),)):
+        with pytest.raises(ConfigError, match="task_rules"):
+            tasks.parse_task_rules(bad)
+    config = base_config()
+    config.eval.name = "../x"
+    with pytest.raises(ConfigError, match="eval.name"):
+        runner.EvalSettings.from_config(config)
 
 
 def test_user_labels_for_unknown_subjects_are_refused(run_dir, tmp_path):

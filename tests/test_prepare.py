@@ -218,3 +218,18 @@ def test_ensure_prepared_keeps_a_named_prepared_dir_without_meds_dir(tmp_path):
     assert prep.ensure_prepared(config.data, tmp_path / "work",
                                 lambda meds_dir: pytest.fail("wrote MEDS data")) == prepared
     assert shards.read_manifest(prepared) == before
+
+
+def test_tokens_per_day_in_the_manifest_and_measured_for_old_manifests(tmp_path):
+    """Train subject 1: 3 timed tokens on day 0 (A, TIME//1h, B), 2 on day 5 (TIME//3d, C);
+    subject 2: 1. Token-weighted mean count: (3*3 + 2*2 + 1*1) / 6 tokens per busy day."""
+    day = 86_400
+    rows = patient(1, [(0, "A", None), (3600, "B", None), (5 * day, "C", None)]) + patient(2, [(0, "A", None)])
+    meds_dir = write_meds(tmp_path / "meds", {"train": frame(rows), "tuning": frame(patient(3, [(0, "A", None)])),
+                                             "held_out": frame(patient(4, [(0, "A", None)]))})
+    out = tmp_path / "out"
+    manifest = prep.prepare(meds_dir, out, **SETTINGS)
+    assert manifest["tokens_per_day"] == pytest.approx((3 * 3 + 2 * 2 + 1) / 6)
+    del manifest["tokens_per_day"]
+    (out / shards.MANIFEST).write_text(json.dumps(manifest))
+    assert prep.tokens_per_day(out) == pytest.approx((3 * 3 + 2 * 2 + 1) / 6)

@@ -1,17 +1,16 @@
 """Tokenizer: code splitting, interval tokens at every edge, quantile bins, prefix, no leakage."""
 
-import sys
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ehr_jax.data import tokenize, vocab  # noqa: E402
-from ehr_jax.data.tokenize import INTERVAL_EDGES_S, INTERVAL_TOKENS, interval_tokens  # noqa: E402
+from ehr_jax.data import tokenize, vocab
+from ehr_jax.data.tokenize import INTERVAL_EDGES_S, INTERVAL_TOKENS, SIX_MONTHS_S, interval_tokens
 
-from meds_fixtures import frame, patient  # noqa: E402
+from meds_fixtures import BASE, frame, patient
 
 
 def _fit(frames, min_code_count=1, num_quantiles=10):
@@ -176,3 +175,72 @@ def test_meds_testing_helpers_generated_dataset_tokenizes(generated_sample_MEDS)
             assert (starts == tok.token_id["[TIMELINE_START]"]).all()
     splits = pl.read_parquet(Path(generated_sample_MEDS) / "metadata/subject_splits.parquet")
     assert 0 < n_subjects <= splits.height
+
+
+EPOCH = dt.datetime(1970, 1, 1)
+CODE_POOL = ["GENDER//F", "RACE//WHITE", "HOSPITAL_ADMISSION//EW EMER.//ER", "HOSPITAL_DISCHARGE//HOME",
+             "MEDS_DEATH", "DIAGNOSIS//ICD//10//I5021", "DIAGNOSIS//ICD//9//E8889", "PROCEDURE//ICD//9//3961",
+             "MEDICATION//ATC//A10BA02//Administered", "LAB//50912//mg/dL", "LAB//RESULT//51221//%", "VITAL//HR"]
+
+
+def _seconds(t: dt.datetime) -> int:
+    return (t - EPOCH) // dt.timedelta(seconds=1)
+
+
+def reference_encode(tok, frame: pl.DataFrame) -> list[tuple[int, list[int], list[int], int]]:
+    """docs/DATA.md's token scheme, one row at a time: (subject, tokens, times, n_prefix) each."""
+    out = []
+    for (subject,), rows in frame.group_by("subject_id", maintain_order=True):
+        birth = rows.filter(tokenize.is_birth(pl.col("code")))["time"].drop_nulls().min()
+        rows = rows.filter(~tokenize.is_birth(pl.col("code")))
+        first = rows["time"].drop_nulls().min()
+        if first is None:
+            continue
+        tokens, times, previous, n_prefix = [tok.token_id["[TIMELINE_START]"]], [_seconds(first)], None, 0
+        for _, time, code, value in rows.iter_rows():
+            if time is not None and previous is None:  # the first timed row: the age band, then the row
+                band = min(max(int((time - birth) / dt.timedelta(days=365.25) // 5), 0), 19) if birth else 20
+                tokens.append(tok.token_id[tokenize.AGE_TOKENS[band]])
+                times.append(_seconds(first))
+                n_prefix = len(tokens)
+            elif time is not None and time != previous:
+                for token in interval_tokens((time - previous) // dt.timedelta(seconds=1)):
+                    tokens.append(tok.token_id[token])
+                    times.append(_seconds(time))
+            row_tokens = tok.code_ids(code).tolist()
+            if code in tok.edges and value is not None:
+                row_tokens.append(tok.token_id[f"Q//{1 + sum(value >= e for e in tok.edges[code])}"])
+            tokens += row_tokens
+            times += [_seconds(time if time is not None else first)] * len(row_tokens)
+            previous = time if time is not None else previous
+        out.append((subject, tokens, times, n_prefix))
+    return out
+
+
+def random_meds_frame(rng: np.random.Generator, n_subjects: int, unseen: str) -> pl.DataFrame:
+    """Static rows, maybe a birth (sometimes after the first event), and timed rows whose gaps hit
+    0 (same timestamp), every interval edge and its neighbours, and long multi-6mo gaps."""
+    gaps = [0, 0, 0, 1, 299, 3 * SIX_MONTHS_S + 86_400] + [int(e) + d for e in INTERVAL_EDGES_S for d in (-1, 0, 1)]
+    codes = CODE_POOL + [unseen]
+    rows = []
+    for subject in range(n_subjects):
+        rows += [(subject, None, codes[i], None) for i in rng.choice(3, rng.integers(0, 3), replace=False)]
+        t = BASE + dt.timedelta(microseconds=int(rng.integers(0, 1_000_000)) * int(rng.random() < 0.3))
+        if rng.random() < 0.8:
+            rows.append((subject, t - dt.timedelta(days=float(rng.uniform(-400, 110 * 365.25))), "MEDS_BIRTH", None))
+        for _ in range(rng.integers(0, 12)):
+            code = codes[rng.integers(len(codes))]
+            value = float(rng.normal(1, 2)) if code.startswith(("LAB", "VITAL")) and rng.random() < 0.8 else None
+            rows.append((subject, t, code, value))
+            t += dt.timedelta(seconds=int(gaps[rng.integers(len(gaps))]))
+    return frame(rows)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_encoder_equals_the_per_row_reference(seed):
+    rng = np.random.default_rng(seed)
+    tok = _fit([random_meds_frame(rng, 40, unseen="TRAIN_ONLY//X")], min_code_count=3, num_quantiles=5)
+    held_out = random_meds_frame(rng, 40, unseen="UNSEEN//CODE//9")
+    encoded = tok.encode_frame(held_out)
+    got = [(r.subject_id, r.tokens.tolist(), r.times.tolist(), r.n_prefix) for r in encoded.records()]
+    assert got == reference_encode(tok, held_out)

@@ -44,12 +44,59 @@ def test_run_length_from_exactly_one_budget():
 
 def test_schedule_warms_up_then_reaches_floor_on_last_step():
     steps, peak = 100, 1e-3
-    schedule = optim.learning_rate_schedule(peak, steps, warmup_frac=0.1, min_lr_ratio=0.1)
+    schedule = optim.learning_rate_schedule(optim.make_schedule(
+        _train(warmup_frac=0.1, min_lr_ratio=0.1), peak, steps))
     lrs = np.array([float(schedule(t)) for t in range(steps)])
     assert lrs[0] == pytest.approx(peak / 10)
     assert lrs[9] == pytest.approx(peak)
     assert np.all(np.diff(lrs[:10]) > 0) and np.all(np.diff(lrs[10:]) < 0)
     assert lrs[-1] == pytest.approx(peak * 0.1)
+
+
+@pytest.mark.parametrize("shape", ["linear", "1-sqrt"])
+def test_wsd_schedule_is_constant_until_its_cooldown(shape):
+    steps, peak = 100, 1e-3
+    schedule = optim.make_schedule(_train(schedule="wsd", warmup_frac=0.1, min_lr_ratio=0.1,
+                                          cooldown_frac=0.2, cooldown_shape=shape), peak, steps)
+    assert (schedule.warmup, schedule.decay_start) == (10, 80)
+    lrs = np.array([float(optim.learning_rate_schedule(schedule)(t)) for t in range(steps)])
+    assert lrs[0] == pytest.approx(peak / 10) and np.all(np.diff(lrs[:10]) > 0)
+    assert np.all(lrs[10:80] == np.float32(peak))  # the stable phase: exactly the peak
+    assert np.all(np.diff(lrs[80:]) < 0) and lrs[-1] == pytest.approx(peak * 0.1)
+    early = lrs[85]  # a quarter into the cooldown, 1-sqrt has dropped more than half the way
+    assert (early < (peak + peak * 0.1) / 2) == (shape == "1-sqrt")
+    # The rate before the cooldown does not depend on the run's length: branches share it.
+    longer = optim.make_schedule(_train(schedule="wsd", warmup_steps=10, cooldown_frac=0.2,
+                                        cooldown_shape=shape), peak, 300)
+    assert [float(optim.learning_rate_schedule(longer)(t)) for t in range(80)] == list(lrs[:80])
+
+
+def test_bad_schedule_settings_are_config_errors():
+    for kw, message in [({"schedule": "step"}, "train.schedule"),
+                        ({"schedule": "wsd", "cooldown_shape": "cubic"}, "train.cooldown_shape"),
+                        ({"schedule": "wsd", "cooldown_frac": 1.5}, "train.cooldown_frac"),
+                        ({"schedule": "wsd", "warmup_steps": 95}, "must end before")]:
+        with pytest.raises(ConfigError, match=message):
+            optim.make_schedule(_train(**kw), 1e-3, 100)
+
+
+def test_runs_of_one_shape_share_one_compiled_train_step(prepared_dir, tmp_path, monkeypatch):
+    """Run length and peak rate are inputs of the step: a second run of the shape traces
+    nothing new (the sweep's runs of one size then cost one compile)."""
+    traced = []
+    learning_rate = optim.learning_rate
+    monkeypatch.setattr(optim, "learning_rate",
+                        lambda *args: traced.append(1) or learning_rate(*args))
+    trainer.compiled_programs.cache_clear()
+    first = train_fixtures.tiny_config(prepared_dir, steps=8)
+    second = train_fixtures.tiny_config(prepared_dir, steps=12)
+    second.train.lr = 1e-3
+    trainer.run(first, str(tmp_path / "a"), prepared_dir)
+    summary = trainer.run(second, str(tmp_path / "b"), prepared_dir)
+    assert len(traced) == 1 and summary["steps"] == 12
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text()
+                                .splitlines()) if "lr" in r]
+    assert max(lrs) == pytest.approx(1e-3)  # the second run's own schedule
 
 
 def test_learning_rate_from_config_or_width_rule():
@@ -75,6 +122,7 @@ def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
     assert summary["flops"] == pytest.approx(summary["tokens_seen"] * summary["flops_per_token"])
     assert summary["flops_6nd"] == pytest.approx(6 * summary["n_params"] * summary["tokens_seen"])
     assert summary["tokenizer_hash"] == "test-hash" and summary["num_devices"] == 8
+    assert summary["attention"] == "xla"  # config.model.attention "auto" on CPU
     assert "subject_id" not in (tmp_path / "summary.json").read_text()
     assert set(summary["loss_by_token_type"]) <= set(tokenize.TOKEN_TYPE_NAMES)
     assert math.isfinite(summary["val_loss"]) and 0 < summary["mfu"] < 1

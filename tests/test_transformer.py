@@ -1,5 +1,7 @@
 """Decoder contracts: causality, KV cache == full forward, remat, dtypes, config errors."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,7 +21,7 @@ def _model(size="d64-l2", seq_len=16, seed=0, **model) -> T.Transformer:
     return T.Transformer(T.model_config(model_cfg, VOCAB, seq_len), rngs=nnx.Rngs(seed))
 
 
-forward = nnx.jit(lambda model, tokens: model(tokens))
+forward = nnx.jit(lambda model, *inputs: model(*inputs))
 
 
 def test_forward_shapes_and_dtypes():
@@ -49,6 +51,30 @@ def test_causality_through_gradients():
     row_norms = np.linalg.norm(np.asarray(grad_embed)[np.asarray(tokens[0])], axis=1)
     assert np.all(row_norms[t + 1:] == 0.0)
     assert np.all(row_norms[: t + 1] > 0.0)
+
+
+@pytest.mark.parametrize("attention", ["xla", "chunked"])
+def test_packed_segments_are_isolated_and_restart_positions(attention):
+    """Segment 2's loss has zero gradient w.r.t. segment 1's tokens, and its logits equal those
+    of segment 2 run alone from position 0 (RoPE restarts per segment)."""
+    model = _model(n_kv_heads=2, attention=attention)
+    first, second, pad = 6, 7, 3
+    tokens = jax.random.permutation(jax.random.key(4), VOCAB)[:first + second + pad][None]
+    segment_ids = jnp.array([[1] * first + [2] * second + [0] * pad], jnp.int32)
+    positions = jnp.array([list(range(first)) + list(range(second)) + [0] * pad], jnp.int32)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def second_segment_loss(params):
+        logits = nnx.merge(graphdef, params, rest)(tokens, segment_ids, positions)
+        return jax.nn.logsumexp(logits[0, first:first + second], axis=-1).sum()
+
+    grad_embed = jax.jit(jax.grad(second_segment_loss))(params)["embed"][...]
+    row_norms = np.linalg.norm(np.asarray(grad_embed)[np.asarray(tokens[0])], axis=1)
+    assert np.all(row_norms[:first] == 0.0) and np.all(row_norms[first + second:] == 0.0)
+    assert np.all(row_norms[first:first + second] > 0.0)
+    packed = forward(model, tokens, segment_ids, positions)[0, first:first + second]
+    alone = forward(model, tokens[:, first:first + second])[0]
+    np.testing.assert_allclose(packed, alone, atol=2e-5, rtol=1e-5)
 
 
 def test_future_tokens_do_not_change_past_logits():
@@ -136,17 +162,24 @@ def test_decode_loop_under_scan():
     np.testing.assert_array_equal(np.argmax(full[2:7], axis=-1), generated)
 
 
-def test_remat_gives_the_same_loss_and_gradients():
+def test_remat_is_in_the_gradient_and_changes_nothing_else():
+    """model.remat puts a checkpoint (remat) primitive in the gradient's jaxpr, with the same loss
+    and gradients: equal numbers alone would also pass if the flag were ignored."""
     tokens = jax.random.randint(jax.random.key(2), (2, 8), 0, VOCAB)
 
-    def loss_and_grads(model):
-        def loss(model):
-            return jax.nn.logsumexp(model(tokens), axis=-1).mean()
+    def loss(model):
+        return jax.nn.logsumexp(model(tokens), axis=-1).mean()
 
-        return nnx.jit(nnx.value_and_grad(loss))(model)
+    def remat_in_grad(model):
+        graphdef, state = nnx.split(model)
+        jaxpr = jax.make_jaxpr(jax.grad(lambda s: loss(nnx.merge(graphdef, s))))(state)
+        # The primitive is `remat2` on jax 0.10 and `checkpoint` on later versions.
+        return re.search(r"= (checkpoint|remat\w*)\[", str(jaxpr)) is not None
 
-    l1, g1 = loss_and_grads(_model("d32-l1"))
-    l2, g2 = loss_and_grads(_model("d32-l1", remat=True))
+    plain, remat = _model("d32-l1"), _model("d32-l1", remat=True)
+    assert not remat_in_grad(plain) and remat_in_grad(remat)
+    l1, g1 = nnx.jit(nnx.value_and_grad(loss))(plain)
+    l2, g2 = nnx.jit(nnx.value_and_grad(loss))(remat)
     assert l1 == pytest.approx(float(l2), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g1, g2)
 
@@ -198,3 +231,5 @@ def test_model_config_reads_config_and_rejects_bad_values():
         T.model_config(ml_collections.ConfigDict(dict(size="d96-l3", scan_layers="yes")), 50, 32)
     with pytest.raises(ConfigError, match=r"config\.model\.size"):
         T.model_config(ml_collections.ConfigDict(dict(size="big")), 50, 32)
+    with pytest.raises(ConfigError, match=r"config\.model\.attention='cudnn'"):
+        T.model_config(ml_collections.ConfigDict(dict(size="d96-l3", attention="cudnn")), 50, 32)

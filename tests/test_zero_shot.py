@@ -39,12 +39,13 @@ class MarkovModel(nnx.Module):
         return self.table[...][token_B], cache._replace(index=cache.index + 1)
 
 
-def _run(transitions, rule, *, horizon_s=1e12, max_new=16, rollouts=4, cases=2, n_cases=3, seed=0):
+def _run(transitions, rule, *, horizon_s=1e12, max_new=16, rollouts=4, cases=2, n_cases=3, seed=0,
+         caps=None):
     sampler = zero_shot.RolloutSampler(MarkovModel(transitions), prompt_len=3, max_new_tokens=max_new,
                                        num_rollouts=rollouts, cases_per_batch=cases)
     prompts, valid = zero_shot.left_pad([np.array([ID["B"], ID["A"]])] * n_cases, 3)
     token_rule = zero_shot.resolve_rule(rule, VOCAB)
-    result = sampler.run(prompts, valid, np.full(n_cases, horizon_s), token_rule, seed=seed)
+    result = sampler.run(prompts, valid, np.full(n_cases, horizon_s), token_rule, seed=seed, cap_C=caps)
     return sampler, result
 
 
@@ -90,8 +91,26 @@ def test_horizon_from_summed_time_tokens():
 
 def test_token_cap():
     _, result = _run({"A": {"C": 1.0}, "C": {"C": 1.0}}, MORTALITY, max_new=5)
-    assert (result.reason_CxR == zero_shot.RUNNING).all() and (result.new_tokens_CxR == 5).all()
-    assert not result.outcome_CxR.any()
+    assert (result.reason_CxR == zero_shot.CAPPED).all() and (result.new_tokens_CxR == 5).all()
+    assert not result.outcome_CxR.any() and result.capped_share == 1.0
+
+
+def test_per_case_caps_censor_instead_of_counting_negatives():
+    """Case 0 (cap 2) never reaches the death at its 4th token; case 1 (cap 16) always does. The
+    capped case is censored: it gets the pooled rate, not 0."""
+    transitions = {"A": {"C": 1.0}, "C": {"B": 1.0}, "B": {"TIME//1d": 1.0}, "TIME//1d": {"MEDS_DEATH": 1.0},
+                   "MEDS_DEATH": {"C": 1.0}}
+    sampler, result = _run(transitions, MORTALITY, n_cases=2, caps=np.array([2, 16]))
+    assert (result.reason_CxR[0] == zero_shot.CAPPED).all() and (result.new_tokens_CxR[0] == 2).all()
+    assert (result.reason_CxR[1] == zero_shot.OUTCOME).all() and (result.new_tokens_CxR[1] == 4).all()
+    assert result.capped_share == 0.5
+    np.testing.assert_allclose(result.probability_C, [1.0, 1.0])  # never 0 for the capped case
+    assert sampler.traces == 1
+
+
+def test_token_caps_follow_days_and_tokens_per_day():
+    caps = zero_shot.token_caps(np.array([0.0, 0.5, 2.0, np.inf]), tokens_per_day=100, max_new_tokens=150)
+    np.testing.assert_array_equal(caps, [zero_shot.MIN_TOKEN_CAP, 50, 150, 150])
 
 
 def test_probability_is_fraction_of_rollouts():
@@ -205,10 +224,10 @@ def test_rollouts_run_with_the_real_transformer(tiny_transformer):
 
 def test_resolved_probability_treats_capped_rollouts_as_censored():
     outcome = np.array([[True, False, False, False], [False, False, False, False], [False] * 4])
-    reason = np.array([[zero_shot.OUTCOME, zero_shot.STOPPED, zero_shot.RUNNING, zero_shot.RUNNING],
-                       [zero_shot.STOPPED] * 4, [zero_shot.RUNNING] * 4])
+    reason = np.array([[zero_shot.OUTCOME, zero_shot.STOPPED, zero_shot.CAPPED, zero_shot.CAPPED],
+                       [zero_shot.STOPPED] * 4, [zero_shot.CAPPED] * 4])
     result = zero_shot.RolloutResult(outcome, reason, np.ones((3, 4), np.int32))
-    np.testing.assert_allclose(result.probability_C, [0.25, 0, 0])
     pooled = 1 / 6  # one outcome among six resolved rollouts
+    np.testing.assert_allclose(result.probability_C, [0.5, 0, pooled])
     np.testing.assert_allclose(result.resolved_probability_C(1.0),
                                [(1 + pooled) / 3, pooled / 5, pooled])

@@ -98,22 +98,37 @@ def iter_split_frames(ds: MedsDataset, split: str,
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
     dropped = collections.Counter() if dropped is None else dropped
     for path in ds.files[split]:
-        for frame in _iter_file_frames(path):
-            frame = _assign_split(ds, path, frame, split, dropped)
-            n_null = frame["code"].null_count()
-            if n_null:
-                dropped["null_code"] += n_null
-                logging.warning("%s: dropped %d rows with a null code", path, n_null)
-                frame = frame.filter(pl.col("code").is_not_null())
-            if frame.height:
-                yield frame
+        yield from file_split_frames(path, split, ds.subject_splits, ds.layout, dropped, ds._file_of_subject)
+
+
+def file_split_frames(path: str | Path, split: str, subject_splits: pl.DataFrame | None, layout: str,
+                      dropped: collections.Counter, owners: dict | None = None,
+                      source=None) -> Iterator[pl.DataFrame]:
+    """`split`'s validated frames of one data file (what iter_split_frames yields per file).
+
+    `owners` (subject -> file) catches a subject in two files across calls; None skips that
+    check (the Beam engine checks it as a pipeline step). `source`, an open seekable binary
+    file, is read instead of `path` (object stores); `path` still names the file in errors.
+    """
+    for frame in _iter_file_frames(path, source):
+        frame = _assign_split(path, frame, split, subject_splits, layout, dropped, owners)
+        n_null = frame["code"].null_count()
+        if n_null:
+            dropped["null_code"] += n_null
+            logging.warning("%s: dropped %d rows with a null code", path, n_null)
+            frame = frame.filter(pl.col("code").is_not_null())
+        if frame.height:
+            yield frame
 
 
 def _read_dataset_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
+    return parse_dataset_json(path, path.read_bytes()) if path.exists() else {}
+
+
+def parse_dataset_json(path: str | Path, data: bytes) -> dict:
+    """dataset.json's object; `path` names the file in errors."""
     try:
-        metadata = json.loads(path.read_text())
+        metadata = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(metadata, dict):
@@ -122,10 +137,13 @@ def _read_dataset_json(path: Path) -> dict:
 
 
 def _read_subject_splits(path: Path) -> pl.DataFrame | None:
-    if not path.exists():
-        return None
+    return parse_subject_splits(path) if path.exists() else None
+
+
+def parse_subject_splits(path: str | Path, source=None) -> pl.DataFrame:
+    """subject_splits.parquet as (subject_id int64, split string); `source` is read instead of `path`."""
     try:
-        table = pl.read_parquet(path)
+        table = pl.read_parquet(path if source is None else source)
     except Exception as e:  # polars raises several types for a corrupt file
         raise DataError(f"{path}: cannot read parquet ({e})") from None
     for column in ("subject_id", "split"):
@@ -139,11 +157,10 @@ def _read_subject_splits(path: Path) -> pl.DataFrame | None:
     return table
 
 
-def _check_schema(path: Path) -> int:
+def _check_schema(path: str | Path, source=None) -> int:
     """Checks column names and types from the parquet footer; returns the row count."""
     try:
-        schema = pl.read_parquet_schema(path)
-        num_rows = pq.read_metadata(path).num_rows
+        schema, num_rows = _polars_schema(pq.ParquetFile(path if source is None else source))
     except Exception as e:
         raise DataError(f"{path}: cannot read parquet ({e})") from None
     for column in REQUIRED_COLUMNS:
@@ -161,20 +178,26 @@ def _check_schema(path: Path) -> int:
     return num_rows
 
 
-def _iter_file_frames(path: Path) -> Iterator[pl.DataFrame]:
+def _polars_schema(parquet: pq.ParquetFile) -> tuple[pl.Schema, int]:
+    """The file's columns as polars types (from its footer only) and its row count."""
+    return pl.from_arrow(parquet.schema_arrow.empty_table()).schema, parquet.metadata.num_rows
+
+
+def _iter_file_frames(path: str | Path, source=None) -> Iterator[pl.DataFrame]:
     """Reads one file in batches of about BATCH_ROWS rows, each holding whole subjects.
 
     A subject's trailing rows are carried into the next batch, so memory is bounded by the
     batch size (or the largest subject), never by the file: MEDS-Extract writes files with
     tens of millions of rows.
     """
-    _check_schema(path)  # the file may have changed since open_dataset
-    schema = pl.read_parquet_schema(path)
-    columns = [c for c in OUTPUT_COLUMNS if c in schema]
+    _check_schema(path, source)  # the file may have changed since open_dataset
     finished: set[int] = set()
     carry, rows_before = None, 0
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        parquet = pq.ParquetFile(path if source is None else source)
+        schema = _polars_schema(parquet)[0]
+        columns = [c for c in OUTPUT_COLUMNS if c in schema]
+        batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
         batch = next(batches, None)
         while batch is not None:
             following = next(batches, None)
@@ -236,19 +259,20 @@ def _check_time_order(path: Path, frame: pl.DataFrame, rows_before: int) -> None
                         "non-decreasing times per subject")
 
 
-def _assign_split(ds: MedsDataset, path: Path, frame: pl.DataFrame, split: str,
-                  dropped: collections.Counter) -> pl.DataFrame:
+def _assign_split(path: str | Path, frame: pl.DataFrame, split: str, subject_splits: pl.DataFrame | None,
+                  layout: str, dropped: collections.Counter, owners: dict | None) -> pl.DataFrame:
     """Checks that no subject spans files or splits; keeps only `split`'s rows."""
     subjects = frame["subject_id"].unique()
-    for subject in subjects.to_list():
-        owner = ds._file_of_subject.setdefault(subject, path)
-        if owner != path:
-            raise DataError(f"{path}: column 'subject_id': a subject also has rows in {owner}; "
-                            "expected each subject's rows in exactly one file")
-    if ds.subject_splits is None:
+    if owners is not None:
+        for subject in subjects.to_list():
+            owner = owners.setdefault(subject, path)
+            if owner != path:
+                raise DataError(f"{path}: column 'subject_id': a subject also has rows in {owner}; "
+                                "expected each subject's rows in exactly one file")
+    if subject_splits is None:
         return frame
-    splits = pl.DataFrame({"subject_id": subjects}).join(ds.subject_splits, on="subject_id", how="left")
-    if ds.layout == "split_dirs":
+    splits = pl.DataFrame({"subject_id": subjects}).join(subject_splits, on="subject_id", how="left")
+    if layout == "split_dirs":
         wrong = splits.filter(pl.col("split").is_not_null() & (pl.col("split") != split))
         if wrong.height:
             raise DataError(f"{path}: column 'subject_id': {wrong.height} subjects are under data/{split}/ "
@@ -256,7 +280,7 @@ def _assign_split(ds: MedsDataset, path: Path, frame: pl.DataFrame, split: str,
                             "expected a subject in exactly one split")
         return frame
     if split == "train":
-        n_missing = frame.filter(~pl.col("subject_id").is_in(ds.subject_splits["subject_id"].implode())).height
+        n_missing = frame.filter(~pl.col("subject_id").is_in(subject_splits["subject_id"].implode())).height
         if n_missing:
             dropped["subject_not_in_subject_splits"] += n_missing
             logging.warning("%s: dropped %d rows of subjects absent from subject_splits.parquet", path, n_missing)

@@ -1,6 +1,7 @@
 """MEDS dataset -> prepared dir (ArrayRecord shards per split, manifest.json, vocab.json).
 
     python -m ehr_jax.data.prepare --meds_dir=DIR --out_dir=DIR
+    python -m ehr_jax.data.prepare --meds_dir=URL --out_dir=URL --engine=beam -- BEAM_OPTIONS (beam extra)
 
 Streams: one pass over the train files fits the tokenizer, then every split is encoded batch by
 batch (about meds.BATCH_ROWS rows of whole subjects), so memory does not grow with the dataset.
@@ -19,10 +20,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import ml_collections
 import numpy as np
+import polars as pl
 from absl import app, flags, logging
 
 from ehr_jax import rundir
@@ -36,19 +38,19 @@ def prepare(meds_dir: str | os.PathLike, out_dir: str | os.PathLike, *, min_code
 
     A lock file serialises concurrent calls on one machine (e.g. parallel runs of a sweep).
     """
-    settings = _check_settings(min_code_count, num_quantiles, records_per_shard)
+    settings = check_settings(min_code_count, num_quantiles, records_per_shard)
     ds = meds.open_dataset(meds_dir)
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / ".prepare.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        fingerprint, settings_hash = _input_fingerprint(ds), _settings_hash(settings)
-        existing = _reusable_manifest(out_dir, fingerprint, settings_hash)
+        hashes = {"settings_hash": settings_hash(settings), "input_fingerprint": input_fingerprint(ds.input_files())}
+        existing = _reusable_manifest(out_dir, hashes["input_fingerprint"], hashes["settings_hash"])
         if existing is not None:
             logging.info("Reusing %s: same inputs and settings (tokenizer %s)", out_dir, existing["tokenizer_hash"])
             return existing
         _clear_outputs(out_dir)
-        return _build(ds, out_dir, settings, {"settings_hash": settings_hash, "input_fingerprint": fingerprint})
+        return _build(ds, out_dir, settings, hashes)
 
 
 def _build(ds: meds.MedsDataset, out_dir: Path, settings: dict, hashes: dict) -> dict:
@@ -67,19 +69,30 @@ def _build(ds: meds.MedsDataset, out_dir: Path, settings: dict, hashes: dict) ->
                             "expected at least one to fit the vocabulary")
     rundir.write_json_atomic(out_dir / shards.VOCAB, {"tokens": tok.tokens})
     rundir.write_json_atomic(out_dir / tokenize.TOKENIZER_FILE, tok.to_json())
-    manifest = {"vocab_size": len(tok.tokens), "settings": settings, **hashes,
-                "tokenizer_hash": tok.hash(), "tokenizer_version": tokenize.TOKENIZER_VERSION,
-                "meds_dir": str(ds.root), "layout": ds.layout, "provenance": meds.provenance(ds),
-                "ignored_files": len(ds.ignored_files), "splits": splits}
+    manifest = manifest_of(tok, settings, hashes, ds, splits)
     rundir.write_json_atomic(out_dir / shards.MANIFEST, manifest)
-    seconds = time.perf_counter() - start
-    events = sum(s["num_events"] for s in splits.values())
-    logging.info("Prepared %s: vocab %d, %d events in %.1fs (%.0f events/s)", out_dir, len(tok.tokens),
-                 events, seconds, events / max(seconds, 1e-9))
+    log_done(out_dir, manifest, time.perf_counter() - start)
     return manifest
 
 
-def _check_settings(min_code_count: int, num_quantiles: int, records_per_shard: int) -> dict:
+def manifest_of(tok: tokenize.Tokenizer, settings: dict, hashes: dict, ds: meds.MedsDataset,
+                splits: dict) -> dict:
+    """The manifest both engines write (`ds` gives the input's root, layout and provenance)."""
+    train = splits["train"]
+    return {"vocab_size": len(tok.tokens), "settings": settings, **hashes,
+            "tokens_per_day": train["day_tokens_sq"] / train["day_tokens"] if train["day_tokens"] else 0.0,
+            "tokenizer_hash": tok.hash(), "tokenizer_version": tokenize.TOKENIZER_VERSION,
+            "meds_dir": str(ds.root), "layout": ds.layout, "provenance": meds.provenance(ds),
+            "ignored_files": len(ds.ignored_files), "splits": splits}
+
+
+def log_done(out_dir, manifest: dict, seconds: float) -> None:
+    events = sum(s["num_events"] for s in manifest["splits"].values())
+    logging.info("Prepared %s: vocab %d, %d events in %.1fs (%.0f events/s)", out_dir, manifest["vocab_size"],
+                 events, seconds, events / max(seconds, 1e-9))
+
+
+def check_settings(min_code_count: int, num_quantiles: int, records_per_shard: int) -> dict:
     for key, value, low in (("data.min_code_count", min_code_count, 1), ("data.num_quantiles", num_quantiles, 1),
                             ("data.records_per_shard", records_per_shard, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
@@ -89,13 +102,13 @@ def _check_settings(min_code_count: int, num_quantiles: int, records_per_shard: 
             "tokenizer_version": tokenize.TOKENIZER_VERSION}
 
 
-def _settings_hash(settings: dict) -> str:
+def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _input_fingerprint(ds: meds.MedsDataset) -> str:
+def input_fingerprint(paths: list[Path]) -> str:
     """Hash of every input file's path, size and mtime: cheap, and changes when a file does."""
-    entries = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in ds.input_files()]
+    entries = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
@@ -106,15 +119,20 @@ def _reusable_manifest(out_dir: Path, fingerprint: str, settings_hash: str) -> d
         manifest = shards.read_manifest(out_dir)
     except EhrJaxError:
         return None
+    return reusable(manifest, fingerprint, settings_hash, lambda rel: (out_dir / rel).exists(), out_dir)
+
+
+def reusable(manifest: dict, fingerprint: str, settings_hash: str, exists: Callable[[str], bool],
+             out_dir) -> dict | None:
+    """`manifest` when it was made from the same inputs and settings and its files all exist."""
     same = (manifest.get("input_fingerprint") == fingerprint
             and manifest.get("settings_hash") == settings_hash)
-    needed = [out_dir / shards.VOCAB, out_dir / tokenize.TOKENIZER_FILE]
-    needed += [out_dir / split / shards.INDEX for split in manifest.get("splits", {})]
-    needed += [out_dir / s["path"] for split in manifest.get("splits", {}).values() for s in split["shards"]]
-    complete = all(path.exists() for path in needed)
+    needed = [shards.VOCAB, tokenize.TOKENIZER_FILE]
+    needed += [f"{split}/{shards.INDEX}" for split in manifest.get("splits", {})]
+    needed += [s["path"] for split in manifest.get("splits", {}).values() for s in split["shards"]]
     if not same:
         logging.info("%s: inputs or settings changed; re-preparing", out_dir)
-    return manifest if same and complete else None
+    return manifest if same and all(exists(rel) for rel in needed) else None
 
 
 def _clear_outputs(out_dir: Path) -> None:
@@ -129,22 +147,72 @@ def _clear_outputs(out_dir: Path) -> None:
 
 def _write_split(ds: meds.MedsDataset, tok: tokenize.Tokenizer, out_dir: Path, split: str,
                  records_per_shard: int, fit_dropped: collections.Counter) -> dict:
-    stats = {"num_subjects": 0, "num_tokens": 0, "num_events": 0, "num_unk_tokens": 0}
-    dropped: collections.Counter = collections.Counter()
-
-    def records() -> Iterator[shards.PatientRecord]:
-        for frame in meds.iter_split_frames(ds, split, dropped):
-            encoded = tok.encode_frame(frame)
-            stats["num_subjects"] += len(encoded.subject_ids)
-            stats["num_tokens"] += len(encoded.tokens)
-            stats["num_events"] += encoded.num_events
-            stats["num_unk_tokens"] += int((encoded.tokens == tok.token_id[tokenize.UNK]).sum())
-            dropped["rows_of_subjects_without_timed_events"] += encoded.dropped_rows
-            yield from encoded.records()
-
-    shard_entries = shards.write_split(records(), out_dir, split, records_per_shard)
+    stats, dropped = new_split_stats(), collections.Counter()
+    records = encoded_records(tok, meds.iter_split_frames(ds, split, dropped), stats, dropped)
+    shard_entries = shards.write_split(records, out_dir, split, records_per_shard)
     if split == "train":  # rows outside every split are only seen (and counted) on the fit pass
         dropped["subject_not_in_subject_splits"] = fit_dropped["subject_not_in_subject_splits"]
+    return split_summary(split, stats, dropped, shard_entries)
+
+
+def new_split_stats() -> dict:
+    """Counts summed over a split's records (day_tokens, day_tokens_sq: see add_day_counts)."""
+    return {"num_subjects": 0, "num_tokens": 0, "num_events": 0, "num_unk_tokens": 0,
+            "day_tokens": 0, "day_tokens_sq": 0}
+
+
+def encoded_records(tok: tokenize.Tokenizer, frames: Iterable[pl.DataFrame], stats: dict,
+                    dropped: collections.Counter) -> Iterator[shards.PatientRecord]:
+    """Every subject's record of the frames, in order; adds to the split's stats as it goes."""
+    for frame in frames:
+        encoded = tok.encode_frame(frame)
+        stats["num_subjects"] += len(encoded.subject_ids)
+        stats["num_tokens"] += len(encoded.tokens)
+        stats["num_events"] += encoded.num_events
+        stats["num_unk_tokens"] += int((encoded.tokens == tok.token_id[tokenize.UNK]).sum())
+        dropped["rows_of_subjects_without_timed_events"] += encoded.dropped_rows
+        for record in encoded.records():
+            add_day_counts(stats, record)
+            yield record
+
+
+def add_day_counts(stats: dict, record: shards.PatientRecord) -> None:
+    """Adds sum(n) and sum(n^2) over the record's (subject, UTC day) token counts n.
+
+    Their ratio is the train split's tokens per busy day (manifest "tokens_per_day"): the
+    token-weighted mean count of tokens on the same subject-day as a token. A mean over a
+    timeline's calendar span (months between admissions) or over days with data (many quiet
+    outpatient days) would fall far below the density inside a hospital stay, where rollouts
+    spend their tokens. Evaluation turns it into rollout token budgets
+    (ehr_jax.evaluation.zero_shot.token_caps).
+    """
+    days = np.asarray(record.times[record.n_prefix:]) // 86_400
+    if days.size:
+        _, counts = np.unique(days, return_counts=True)
+        stats["day_tokens"] += int(counts.sum())
+        stats["day_tokens_sq"] += int((counts.astype(np.int64) ** 2).sum())
+
+
+def tokens_per_day(prepared_dir: str | os.PathLike, max_records: int = 20_000) -> float:
+    """The train split's tokens per busy day (add_day_counts): from the manifest, or (prepared
+    dirs made before it was recorded) measured on up to max_records train records."""
+    manifest = shards.read_manifest(prepared_dir)
+    if manifest.get("tokens_per_day"):
+        return float(manifest["tokens_per_day"])
+    stats, n_records = new_split_stats(), 0
+    for record in shards.iter_records(prepared_dir, "train"):
+        if n_records == max_records:
+            break
+        add_day_counts(stats, record)
+        n_records += 1
+    value = stats["day_tokens_sq"] / stats["day_tokens"] if stats["day_tokens"] else 0.0
+    logging.info("%s: no tokens_per_day in the manifest (prepared before it was recorded); "
+                 "measured %.1f on %d train records", prepared_dir, value, n_records)
+    return value
+
+
+def split_summary(split: str, stats: dict, dropped: collections.Counter, shard_entries: list[dict]) -> dict:
+    """A split's manifest entry; logs what was dropped."""
     dropped = {reason: n for reason, n in sorted(dropped.items()) if n}
     if dropped:
         logging.warning("%s split: dropped rows %s", split, dropped)
@@ -203,16 +271,28 @@ def define_flags() -> None:
     flags.DEFINE_integer("min_code_count", 10, "Tokens seen fewer times in train become [UNK].")
     flags.DEFINE_integer("num_quantiles", 10, "Value bins per numeric code.")
     flags.DEFINE_integer("records_per_shard", 2000, "Patients per ArrayRecord shard.")
+    flags.DEFINE_enum("engine", "local", ["local", "beam"],
+                      "local: this process; beam: an Apache Beam job (pipeline options after `--`).")
 
 
 def main(argv: list[str]) -> None:
-    del argv
     f = flags.FLAGS
     if not f.meds_dir or not f.out_dir:
-        sys.exit("usage: python -m ehr_jax.data.prepare --meds_dir=DIR --out_dir=DIR")
+        sys.exit("usage: python -m ehr_jax.data.prepare --meds_dir=DIR --out_dir=DIR [--engine=beam -- BEAM_OPTIONS]")
+    settings = dict(min_code_count=f.min_code_count, num_quantiles=f.num_quantiles,
+                    records_per_shard=f.records_per_shard)
     try:
-        manifest = prepare(f.meds_dir, f.out_dir, min_code_count=f.min_code_count,
-                           num_quantiles=f.num_quantiles, records_per_shard=f.records_per_shard)
+        if f.engine == "local":
+            if argv[1:]:
+                raise ConfigError(f"arguments {argv[1:]}: pipeline options need --engine=beam")
+            manifest = prepare(f.meds_dir, f.out_dir, **settings)
+        else:
+            try:
+                from ehr_jax.data import beam_prepare
+            except ImportError as e:
+                raise ConfigError(f"--engine=beam needs Apache Beam ({e}); pip install -e '.[beam]'") from None
+            manifest = beam_prepare.prepare(f.meds_dir, f.out_dir, **settings,
+                                            pipeline_args=argv[1:] or beam_prepare.DEFAULT_ARGS)
     except EhrJaxError as e:
         sys.exit(f"error: {e}")
     print(json.dumps({s: {k: v for k, v in m.items() if k != "shards"} for s, m in manifest["splits"].items()},

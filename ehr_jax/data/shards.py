@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from array_record.python import array_record_module
@@ -76,31 +76,48 @@ def write_split(records: Iterable[PatientRecord], prepared_dir: str | os.PathLik
     The index lets the loader lay out training windows without reading every record.
     """
     (Path(prepared_dir) / split).mkdir(parents=True, exist_ok=True)
+    entries, lengths = write_shards(records, lambda i: shard_path(prepared_dir, split, i), records_per_shard)
+    for entry in entries:
+        entry["path"] = str(Path(entry["path"]).relative_to(prepared_dir))
+    np.save(Path(prepared_dir) / split / INDEX, index_array(lengths))
+    return entries
+
+
+def write_shards(records: Iterable[PatientRecord], path_of: Callable[[int], Path],
+                 records_per_shard: int) -> tuple[list[dict], list[tuple[int, int]]]:
+    """Writes records into shards path_of(0), path_of(1), ... of records_per_shard records each.
+
+    Returns each shard's entry (path, num_records, num_tokens, sha256) and every record's
+    (n_tokens, n_prefix) in order, for the index.
+    """
     shards: list[dict] = []
     lengths: list[tuple[int, int]] = []
     writer, path, count, n_tokens = None, None, 0, 0
     for record in records:
         lengths.append((len(record.tokens), record.n_prefix))
         if writer is None:
-            path = shard_path(prepared_dir, split, len(shards))
+            path = path_of(len(shards))
             # zstd level 1: twice the write speed of the default level 3 at about the same size
             writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1,zstd:1")
         writer.write(encode_record(record))
         count += 1
         n_tokens += len(record.tokens)
         if count == records_per_shard:
-            shards.append(_close_shard(writer, path, count, n_tokens, prepared_dir))
+            shards.append(_close_shard(writer, path, count, n_tokens))
             writer, count, n_tokens = None, 0, 0
     if writer is not None:
-        shards.append(_close_shard(writer, path, count, n_tokens, prepared_dir))
-    np.save(Path(prepared_dir) / split / INDEX, np.array(lengths, dtype=_INDEX).reshape(-1))
-    return shards
+        shards.append(_close_shard(writer, path, count, n_tokens))
+    return shards, lengths
 
 
-def _close_shard(writer, path: Path, count: int, n_tokens: int, prepared_dir) -> dict:
+def index_array(lengths: list[tuple[int, int]]) -> np.ndarray:
+    """The index's structured array of (n_tokens, n_prefix) per record."""
+    return np.array(lengths, dtype=_INDEX).reshape(-1)
+
+
+def _close_shard(writer, path: Path, count: int, n_tokens: int) -> dict:
     writer.close()
-    return {"path": str(path.relative_to(prepared_dir)), "num_records": count,
-            "num_tokens": n_tokens, "sha256": file_sha256(path)}
+    return {"path": str(path), "num_records": count, "num_tokens": n_tokens, "sha256": file_sha256(path)}
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -1,10 +1,12 @@
 """Fits the tokenizer on the train split in one streaming pass with bounded memory.
 
-Per file we add code counts and push numeric values into a per-code reservoir: a
+Per frame we add code counts and push numeric values into a per-code reservoir: a
 deterministic bottom-k sample (the RESERVOIR_SIZE values with the smallest hash of their row),
-which is a uniform sample that does not depend on file order. Memory is bounded by
-distinct codes x RESERVOIR_SIZE, not by dataset size. Hashes are stable within one polars
-version, so refits on the same data give the same bins.
+which is a uniform sample that does not depend on file order. Memory is bounded by distinct
+codes x RESERVOIR_SIZE, not by dataset size. Partial fits of any split of the rows merge into
+the same result (FitStats.merge): the Beam engine fits file by file in parallel and gets the
+local tokenizer exactly. Hashes are stable within one polars version, so refits on the same
+data give the same bins.
 """
 
 from __future__ import annotations
@@ -26,37 +28,64 @@ _MERGE_ROWS = 1 << 18  # sampled values buffered before a reservoir merge (bound
 def fit(train_frames: Iterable[pl.DataFrame], *, min_code_count: int,
         num_quantiles: int) -> tokenize.Tokenizer:
     """Vocabulary (tokens seen >= min_code_count times in train) and per-code quantile edges."""
-    counts: pl.DataFrame | None = None
-    reservoir = _Reservoir()
+    stats = FitStats()
     for frame in train_frames:
+        stats.add_frame(frame)
+    return stats.tokenizer(min_code_count=min_code_count, num_quantiles=num_quantiles)
+
+
+class FitStats:
+    """What the fit keeps of the train rows: code counts and the per-code bottom-k sample.
+
+    Merging is order-free (sums and bottom-k by row hash), so partial stats of any split of the
+    train rows (files, frames, Beam bundles) merge into the same tokenizer as one pass.
+    """
+
+    def __init__(self):
+        self.counts: pl.DataFrame | None = None  # code (categorical), n, n_values
+        self.reservoir = _Reservoir()
+
+    def add_frame(self, frame: pl.DataFrame) -> None:
         rows, _, _ = tokenize.tokenizable_rows(frame)
         # Categorical codes: a string column sliced from a batch would keep the whole batch's
         # string buffer alive in the running counts and reservoir (memory would grow per batch).
         rows = rows.with_columns(pl.col("code").cast(pl.Categorical))
         valued = pl.col("numeric_value").is_not_null() & pl.col("numeric_value").is_finite()
-        file_counts = rows.group_by("code").agg(n=pl.len(), n_values=valued.sum())
-        counts = file_counts if counts is None else _sum_counts(counts, file_counts)
-        sample = rows.filter(valued).select(
+        self._add_counts(rows.group_by("code").agg(n=pl.len(), n_values=valued.sum()))
+        self.reservoir.add(rows.filter(valued).select(
             "code", pl.col("numeric_value").alias("value"),
-            pl.struct("subject_id", "time", "code", "numeric_value").hash(_HASH_SEED).alias("key"))
-        reservoir.add(sample)
-    if counts is None or counts.height == 0:
-        return tokenize.Tokenizer(tokenize.fixed_tokens(num_quantiles), num_quantiles, frozenset(), {})
-    counts = counts.sort("code")
-    numeric = set(counts.filter(pl.col("n_values") > 0)["code"].to_list())
-    token_counts: collections.Counter = collections.Counter()
-    for code, n in zip(counts["code"].to_list(), counts["n"].to_list()):
-        for token in tokenize.split_code(code, code in numeric):
-            token_counts[token] += n
-    fixed = tokenize.fixed_tokens(num_quantiles)
-    fixed_set = set(fixed)
-    kept = sorted((t for t, n in token_counts.items() if n >= min_code_count and t not in fixed_set),
-                  key=lambda t: (-token_counts[t], t))
-    logging.info("Vocabulary: %d of %d code tokens seen >= %d times in train; %d numeric codes",
-                 len(kept), len(token_counts), min_code_count, len(numeric))
-    kept_set = set(kept)
-    edges = _quantile_edges(reservoir.result(), {c for c in numeric if c in kept_set}, num_quantiles)
-    return tokenize.Tokenizer(fixed + kept, num_quantiles, frozenset(numeric), edges)
+            pl.struct("subject_id", "time", "code", "numeric_value").hash(_HASH_SEED).alias("key")))
+
+    def merge(self, other: "FitStats") -> "FitStats":
+        if other.counts is not None:
+            self._add_counts(other.counts)
+        other_kept = other.reservoir.result()
+        if other_kept is not None:
+            self.reservoir.add(other_kept)
+        return self
+
+    def _add_counts(self, counts: pl.DataFrame) -> None:
+        self.counts = counts if self.counts is None else _sum_counts(self.counts, counts)
+
+    def tokenizer(self, *, min_code_count: int, num_quantiles: int) -> tokenize.Tokenizer:
+        counts = self.counts
+        if counts is None or counts.height == 0:
+            return tokenize.Tokenizer(tokenize.fixed_tokens(num_quantiles), num_quantiles, frozenset(), {})
+        counts = counts.sort("code")
+        numeric = set(counts.filter(pl.col("n_values") > 0)["code"].to_list())
+        token_counts: collections.Counter = collections.Counter()
+        for code, n in zip(counts["code"].to_list(), counts["n"].to_list()):
+            for token in tokenize.split_code(code, code in numeric):
+                token_counts[token] += n
+        fixed = tokenize.fixed_tokens(num_quantiles)
+        fixed_set = set(fixed)
+        kept = sorted((t for t, n in token_counts.items() if n >= min_code_count and t not in fixed_set),
+                      key=lambda t: (-token_counts[t], t))
+        logging.info("Vocabulary: %d of %d code tokens seen >= %d times in train; %d numeric codes",
+                     len(kept), len(token_counts), min_code_count, len(numeric))
+        kept_set = set(kept)
+        edges = _quantile_edges(self.reservoir.result(), {c for c in numeric if c in kept_set}, num_quantiles)
+        return tokenize.Tokenizer(fixed + kept, num_quantiles, frozenset(numeric), edges)
 
 
 def _sum_counts(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:

@@ -1,20 +1,25 @@
 """Evaluate a trained run on the clinical tasks: restore, label, predict, score, record.
 
-  evaluate(run_dir, config, prepared_dir) -> {task: {method: {auroc, auroc_ci, auprc, auprc_ci, brier,
-                                                 brier_ci, n_cases, n_positive, prevalence}}}
+  evaluate(run_dir, config, prepared_dir) -> {name: {task: {method: {auroc, auroc_ci, auprc,
+                                                 auprc_ci, brier, brier_ci, n_cases, ...}}}}
 
-Methods: zero_shot (ETHOS rollouts: fraction ending in the outcome), zero_shot_resolved (the
-same rollouts, capped ones treated as censored), next_token (one deterministic forward pass)
-and probe (logistic regression on the hidden state, fitted on train-split cases). Results are merged
-into summary.json["evaluation"] and TensorBoard (eval/<task>/<method>/<metric>); predictions
-go to <run_dir>/evaluation/<task>/<method>/predictions.parquet in the meds-evaluation format.
-Only aggregates are logged: never a subject id.
+Methods: zero_shot (ETHOS rollouts: outcome share among resolved rollouts, capped ones
+censored), zero_shot_resolved (the same, shrunk towards the pooled rate), next_token (one
+deterministic forward pass; ranks, not calibrated) and probe (logistic regression on the hidden
+state, fitted on train-split cases). A method that cannot run on a task gets {"not_run": why}.
+
+Each evaluation has a name (config.eval.name; default "builtin" for the built-in tasks, else
+the labels_dir's folder name) and its own place: summary.json["evaluation"][name],
+<run_dir>/evaluation/<name>/results.json, <run_dir>/evaluation/<name>/<task>/<method>/
+predictions.parquet (meds-evaluation format) and TensorBoard eval/<name>/<task>/<method>/<metric>;
+evaluations under other names are kept. Only aggregates are logged: never a subject id.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from pathlib import Path
 
@@ -22,11 +27,13 @@ import jax
 import ml_collections
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 from absl import logging
 from flax import nnx
+from meds import LabelSchema
 
 from ehr_jax import parallel, rundir
-from ehr_jax.data import meds, shards
+from ehr_jax.data import meds, prepare, shards
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.evaluation import metrics, probe, tasks, zero_shot
 from ehr_jax.model import init as model_init
@@ -35,6 +42,8 @@ from ehr_jax.train import checkpoint
 
 ROLLOUT_BATCH = 512  # sequences decoded together (cases x rollouts)
 SCORE_BATCH = 64  # prompts per forward pass for next-token and probe features
+CAPPED_SHARE_LIMIT = 0.2  # a task with more censored rollouts than this is flagged
+BUILTIN_NAME = "builtin"  # evaluation name of the built-in tasks
 PREDICTION_SCHEMA = {"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"),
                      "boolean_value": pl.Boolean, "predicted_boolean_value": pl.Boolean,
                      "predicted_boolean_probability": pl.Float32}
@@ -44,10 +53,13 @@ PREDICTION_SCHEMA = {"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"
 class EvalSettings:
     """config.eval, checked once."""
 
+    name: str
     tasks: tuple[str, ...]
     labels_dir: str
+    rules: dict  # task -> OutcomeRule for zero-shot and next-token (built-in names and task_rules)
     num_rollouts: int
     max_cases: int
+    max_train_cases: int
     max_new_tokens: int
     probe: bool
     bootstrap: int
@@ -60,34 +72,56 @@ class EvalSettings:
         for key in ("num_rollouts", "max_new_tokens"):
             if int(ev[key]) < 1:
                 raise ConfigError(f"config.eval.{key}={ev[key]}; expected a positive integer")
-        if int(ev.max_cases) < 0 or int(ev.bootstrap) < 0:
-            raise ConfigError("config.eval.max_cases and config.eval.bootstrap must be >= 0")
+        for key in ("max_cases", "max_train_cases", "bootstrap"):
+            if int(ev.get(key, 0)) < 0:
+                raise ConfigError(f"config.eval.{key}={ev.get(key)}; expected an integer >= 0 (0: all)")
         task_names = (ev.tasks,) if isinstance(ev.tasks, str) else tuple(ev.tasks)
         if not ev.labels_dir:
             unknown = [t for t in task_names if t not in tasks.BUILTIN_RULES]
             if unknown:
                 raise ConfigError(f"config.eval.tasks has {unknown}; built-in tasks are "
                                   f"{tasks.BUILTIN_TASKS} (set config.eval.labels_dir for others)")
+        mapped = tasks.parse_task_rules(ev.get("task_rules", ()))
+        rules = {t: mapped.get(t, tasks.BUILTIN_RULES.get(t)) for t in task_names}
         seq_len = int(config.data.seq_len)
         # The history fills the training window; rollouts then slide that window (see
         # zero_shot.RolloutSampler), so no attention span exceeds what training saw.
-        prompt_len = min(int(ev.get("prompt_len", 0)) or seq_len, seq_len)
-        return cls(task_names, str(ev.labels_dir), int(ev.num_rollouts), int(ev.max_cases),
-                   int(ev.max_new_tokens), bool(ev.probe), int(ev.bootstrap), prompt_len,
-                   int(config.seed))
+        prompt_len = min(int(ev.prompt_len) or seq_len, seq_len)
+        return cls(evaluation_name(ev), task_names, str(ev.labels_dir),
+                   {t: r for t, r in rules.items() if r is not None}, int(ev.num_rollouts),
+                   int(ev.max_cases), int(ev.get("max_train_cases", 0)), int(ev.max_new_tokens),
+                   bool(ev.probe), int(ev.bootstrap), prompt_len, int(config.seed))
+
+
+def evaluation_name(ev: ml_collections.ConfigDict) -> str:
+    """config.eval.name, or "builtin" (built-in tasks) / the labels_dir's folder name."""
+    name = str(ev.get("name", "") or "")
+    if not name:
+        name = Path(str(ev.labels_dir)).name if ev.labels_dir else BUILTIN_NAME
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"config.eval.name={name!r}; expected letters, digits, '_', '.' or '-' "
+                          "(it names a folder under <run_dir>/evaluation)")
+    return name
 
 
 def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str) -> dict:
-    """Evaluates the run's latest checkpoint; see the module docstring for what it writes."""
+    """Evaluates the run's latest checkpoint; returns {name: results} (module docstring)."""
     start = time.perf_counter()
     run_dir = os.path.abspath(run_dir)
     settings = EvalSettings.from_config(config)
     vocab = shards.read_vocab(prepared_dir)
     model = restore_model(run_dir, config, len(vocab))
     splits = ("held_out", "train") if settings.probe else ("held_out",)
-    labels = collect_labels(settings, shards.read_manifest(prepared_dir), prepared_dir, splits)
+    dataset = open_meds(shards.read_manifest(prepared_dir), prepared_dir)
+    labels = collect_labels(settings, dataset, prepared_dir, splits)
     records = {split: _records_of(prepared_dir, split, labels) for split in splits}
-    predictors = Predictors(model, settings, window=int(config.data.seq_len))
+    budget = RolloutBudget(prepare.tokens_per_day(prepared_dir),
+                           tasks.long_stay_days(cached_stays(dataset, prepared_dir, "train")))
+    logging.info("evaluation %s: rollout budgets from %.0f tokens per day and a %.1f-day long stay "
+                 "(at most %d tokens)", settings.name, budget.tokens_per_day, budget.stay_days,
+                 settings.max_new_tokens)
+    predictors = Predictors(model, settings, window=int(config.data.seq_len), budget=budget)
+    out_dir = Path(run_dir) / rundir.EVALUATION / settings.name
     results: dict = {}
     for task in settings.tasks:
         held = labels[task]["held_out"]
@@ -99,26 +133,68 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str)
         if settings.probe and labels[task].get("train") is not None and labels[task]["train"].height:
             train_cases = tasks.build_cases(labels[task]["train"], records["train"].values(), vocab,
                                             settings.prompt_len)
-        predictions = predictors.predict(task, cases, train_cases, vocab)
+        predictions, not_run = predictors.predict(task, cases, train_cases, vocab)
         results[task] = {}
         for method, (probability, extra) in predictions.items():
             results[task][method] = {**metrics.summarize(
                 cases.labels["boolean_value"].to_numpy(), probability,
                 cases.labels["subject_id"].to_numpy(), num_resamples=settings.bootstrap,
                 seed=settings.seed), **extra}
-            write_predictions(Path(run_dir) / "evaluation" / task / method, cases.labels, probability)
+            if jax.process_index() == 0:
+                write_predictions(out_dir / task / method, cases.labels, probability)
             _log_result(task, method, results[task][method])
+        for method, reason in not_run.items():
+            logging.warning("evaluation %s/%s: not run: %s", task, method, reason)
+            results[task][method] = {"not_run": reason}
     if jax.process_index() == 0:
-        record_results(run_dir, results)
-    logging.info("evaluation: %d tasks in %.1fs", len(results), time.perf_counter() - start)
-    return results
+        record_results(run_dir, settings.name, results)
+    logging.info("evaluation %s: %d tasks in %.1fs", settings.name, len(results), time.perf_counter() - start)
+    return {settings.name: results}
+
+
+def write_labels(config: ml_collections.ConfigDict, prepared_dir: str, out_dir: str) -> dict:
+    """The built-in tasks' labels of every split as MEDS label files (LabelSchema), laid out as
+    ACES writes them: <out_dir>/<task>/<split>/0.parquet. The same cohort can then go to ACES,
+    meds-evaluation or another model, and comes back through config.eval.labels_dir.
+    Returns {task: {split: number of labels}}."""
+    task_names = (config.eval.tasks,) if isinstance(config.eval.tasks, str) else tuple(config.eval.tasks)
+    unknown = [t for t in task_names if t not in tasks.BUILTIN_RULES]
+    if unknown:
+        raise ConfigError(f"config.eval.tasks has {unknown}; --write_labels writes built-in tasks "
+                          f"only: {tasks.BUILTIN_TASKS}")
+    dataset = open_meds(shards.read_manifest(prepared_dir), prepared_dir)
+    counts: dict = {task: {} for task in task_names}
+    for split in shards.SPLITS:
+        stays = cached_stays(dataset, prepared_dir, split)
+        for task in task_names:
+            labels = tasks.labels_from_stays(task, stays)
+            path = Path(out_dir) / task / split / "0.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table = LabelSchema.align(labels.to_arrow())
+            LabelSchema.validate(table)
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+            counts[task][split] = labels.height
+    logging.info("evaluation: labels of %s written to %s", list(task_names), out_dir)
+    return counts
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutBudget:
+    """What rollout token caps follow from (see zero_shot.token_caps): the train split's tokens
+    per busy day and the length of a long train stay in days (for tasks ending with the stay)."""
+
+    tokens_per_day: float
+    stay_days: float
 
 
 class Predictors:
     """The model's three ways to give a risk, each compiled once and reused across tasks."""
 
-    def __init__(self, model: nnx.Module, settings: EvalSettings, window: int):
+    def __init__(self, model: nnx.Module, settings: EvalSettings, window: int, budget: RolloutBudget):
         self.settings = settings
+        self.budget = budget
         cases_per_batch = max(1, ROLLOUT_BATCH // settings.num_rollouts)
         self.sampler = zero_shot.RolloutSampler(
             model, prompt_len=settings.prompt_len, max_new_tokens=settings.max_new_tokens,
@@ -129,38 +205,68 @@ class Predictors:
                                              batch_size=SCORE_BATCH)
 
     def predict(self, task: str, cases: tasks.Cases, train_cases: tasks.Cases | None,
-                vocab: list[str]) -> dict[str, tuple[np.ndarray, dict]]:
-        """{method: (probability per case, extra result fields)} for the methods the task allows."""
+                vocab: list[str]) -> tuple[dict[str, tuple[np.ndarray, dict]], dict[str, str]]:
+        """({method: (probability per case, extra result fields)}, {method: why it did not run})."""
         out: dict[str, tuple[np.ndarray, dict]] = {}
-        rule = tasks.BUILTIN_RULES.get(task)
+        not_run: dict[str, str] = {}
+        rule = self.settings.rules.get(task)
         token_rule = zero_shot.resolve_rule(rule, vocab) if rule is not None else None
-        if token_rule is not None and rule.positive and not token_rule.positive_V.any():
-            logging.warning("evaluation: no token of the vocabulary starts with %s; %s has no "
-                            "zero-shot prediction (lower data.min_code_count?)", rule.positive, task)
+        rollout_methods = ("zero_shot", "zero_shot_resolved", "next_token")
+        if rule is None:
+            why = (f"no outcome rule for task {task!r}: it is not built-in; map it to one "
+                   f"({tasks.BUILTIN_TASKS}) or to token prefixes in config.eval.task_rules")
+            not_run.update(dict.fromkeys(rollout_methods, why))
+        elif rule.positive and not token_rule.positive_V.any():
+            why = (f"no token of the vocabulary starts with {rule.positive} (rare in train? lower "
+                   "data.min_code_count)")
+            not_run.update(dict.fromkeys(rollout_methods, why))
             token_rule = None
         if token_rule is not None:
             prompts, valid = zero_shot.left_pad(cases.prompts, self.settings.prompt_len)
-            t0 = time.perf_counter()
-            rollouts = self.sampler.run(prompts, valid, cases.horizon_seconds(rule), token_rule,
-                                        seed=self.settings.seed)
-            seconds = time.perf_counter() - t0
-            out["zero_shot"] = (rollouts.probability_C, {
-                "num_rollouts": self.settings.num_rollouts,
-                "mean_new_tokens": float(rollouts.new_tokens_CxR.mean()),
-                "token_cap_fraction": float((rollouts.reason_CxR == zero_shot.RUNNING).mean()),
-                "generated_tokens_per_s": float(rollouts.new_tokens_CxR.sum() / max(seconds, 1e-9))})
-            out["zero_shot_resolved"] = (rollouts.resolved_probability_C(), {})
+            out.update(self._rollouts(task, rule, token_rule, cases, prompts, valid))
             if zero_shot.supports_next_token(token_rule):
-                out["next_token"] = (self.scorer.run(prompts, valid, token_rule), {})
-        if train_cases is not None:
+                out["next_token"] = (self.scorer.run(prompts, valid, token_rule), {"calibrated": False})
+            else:
+                not_run["next_token"] = ("the task's rule needs both an outcome and a stopping token "
+                                         "(its outcome is reaching the horizon)" if not rule.positive
+                                         else "no stopping token of the task's rule is in the vocabulary")
+        if not self.settings.probe:
+            not_run["probe"] = "config.eval.probe is False"
+        elif train_cases is None:
+            not_run["probe"] = "no labels for train-split subjects to fit it on"
+        else:
             fitted = probe.fit(self.representer.run(train_cases.prompts),
                                train_cases.labels["boolean_value"].to_numpy(), seed=self.settings.seed)
             if fitted is None:
-                logging.warning("evaluation: %s train labels hold one class; no probe", task)
+                not_run["probe"] = "the train labels hold one class"
             else:
                 out["probe"] = (fitted.predict_proba(self.representer.run(cases.prompts)),
                                 {"n_train_cases": train_cases.labels.height, "l2": fitted.l2})
-        return out
+        return out, not_run
+
+    def _rollouts(self, task: str, rule: tasks.OutcomeRule, token_rule: zero_shot.TokenRule,
+                  cases: tasks.Cases, prompts: np.ndarray, valid: np.ndarray) -> dict:
+        caps = zero_shot.token_caps(cases.budget_days(rule, self.budget.stay_days),
+                                    self.budget.tokens_per_day, self.settings.max_new_tokens)
+        t0 = time.perf_counter()
+        rollouts = self.sampler.run(prompts, valid, cases.horizon_seconds(rule), token_rule,
+                                    seed=self.settings.seed, cap_C=caps)
+        seconds = time.perf_counter() - t0
+        capped = rollouts.capped_share
+        extra = {"num_rollouts": self.settings.num_rollouts,
+                 "mean_new_tokens": float(rollouts.new_tokens_CxR.mean()),
+                 "token_cap_median": int(np.median(caps)), "token_cap_max": int(caps.max()),
+                 "tokens_per_day": self.budget.tokens_per_day,
+                 "capped_share": capped, "capped_share_high": capped > CAPPED_SHARE_LIMIT,
+                 "rollout_s": seconds,
+                 "generated_tokens_per_s": float(rollouts.new_tokens_CxR.sum() / max(seconds, 1e-9))}
+        if capped > CAPPED_SHARE_LIMIT:
+            logging.warning("evaluation %s: %.0f%% of rollouts hit their token cap (censored; limit "
+                            "%.0f%%): raise config.eval.max_new_tokens (caps: median %d, max %d) for "
+                            "estimates that rest on more rollouts", task, 100 * capped,
+                            100 * CAPPED_SHARE_LIMIT, np.median(caps), caps.max())
+        return {"zero_shot": (rollouts.probability_C, extra),
+                "zero_shot_resolved": (rollouts.resolved_probability_C(), dict(extra))}
 
 
 def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: int) -> nnx.Module:
@@ -190,14 +296,18 @@ def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: i
     return nnx.merge(graphdef, state)
 
 
-def collect_labels(settings: EvalSettings, manifest: dict, prepared_dir: str,
-                   splits: tuple[str, ...]) -> dict[str, dict[str, pl.DataFrame]]:
-    """{task: {split: labels}}, at most max_cases per split, sampled with the run's seed."""
+def open_meds(manifest: dict, prepared_dir: str) -> meds.MedsDataset:
+    """The MEDS dataset the prepared dir was made from (labels and stays come from it)."""
     meds_dir = manifest.get("meds_dir", "")
     if not meds_dir or not os.path.isdir(meds_dir):
         raise DataError(f"{Path(prepared_dir) / shards.MANIFEST}: meds_dir {meds_dir!r} is not a "
                         "directory; evaluation reads the MEDS data the run was prepared from")
-    dataset = meds.open_dataset(meds_dir)
+    return meds.open_dataset(meds_dir)
+
+
+def collect_labels(settings: EvalSettings, dataset: meds.MedsDataset, prepared_dir: str,
+                   splits: tuple[str, ...]) -> dict[str, dict[str, pl.DataFrame]]:
+    """{task: {split: labels}}, at most max_cases per split, sampled with the run's seed."""
     out: dict[str, dict[str, pl.DataFrame]] = {}
     if settings.labels_dir:
         subject_splits = _subject_splits(dataset)
@@ -211,8 +321,9 @@ def collect_labels(settings: EvalSettings, manifest: dict, prepared_dir: str,
         stays = {split: cached_stays(dataset, prepared_dir, split) for split in splits}
         for task in settings.tasks:
             out[task] = {split: tasks.labels_from_stays(task, stays[split]) for split in splits}
+    limits = {"held_out": settings.max_cases, "train": settings.max_train_cases}
     for task, by_split in out.items():
-        out[task] = {split: _sample(by_split[split], settings.max_cases, settings.seed)
+        out[task] = {split: _sample(by_split[split], limits[split], settings.seed)
                      for split in splits if split in by_split}
     return out
 
@@ -264,24 +375,39 @@ def write_predictions(directory: Path, labels: pl.DataFrame, probability: np.nda
     return path
 
 
-def record_results(run_dir: str, results: dict) -> None:
-    """evaluation/results.json, summary.json["evaluation"] and TensorBoard scalars.
+def record_results(run_dir: str, name: str, results: dict) -> None:
+    """evaluation/<name>/results.json, summary.json["evaluation"][name] and TensorBoard scalars.
 
-    summary.json is only updated, never created: its existence marks a finished run.
+    summary.json is only updated, never created: its existence marks a finished run. Other
+    evaluations in it are kept (a summary from before named evaluations is kept as "builtin").
     """
-    (Path(run_dir) / rundir.EVALUATION).mkdir(parents=True, exist_ok=True)
-    rundir.write_json_atomic(Path(run_dir) / rundir.EVALUATION / "results.json", results)
-    summary = rundir.merge_into_summary(run_dir, evaluation=results)
+    directory = Path(run_dir) / rundir.EVALUATION / name
+    directory.mkdir(parents=True, exist_ok=True)
+    rundir.write_json_atomic(directory / "results.json", results)
+    summary = rundir.read_summary(run_dir)
+    if summary is not None:
+        summary = rundir.merge_into_summary(
+            run_dir, evaluation={**named_evaluations(summary.get("evaluation")), name: results})
     from tensorboardX import SummaryWriter
 
-    writer = SummaryWriter(logdir=os.path.join(run_dir, "tensorboard"))
+    writer = SummaryWriter(logdir=os.path.join(run_dir, rundir.TENSORBOARD))
     step = int((summary or {}).get("steps", 0))
     for task, methods in results.items():
         for method, values in methods.items():
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    writer.add_scalar(f"eval/{task}/{method}/{key}", value, global_step=step)
+                    writer.add_scalar(f"eval/{name}/{task}/{method}/{key}", value, global_step=step)
     writer.close()
+
+
+def named_evaluations(evaluation: dict | None) -> dict:
+    """summary["evaluation"] as {name: {task: {method: result}}}; a summary written before
+    evaluations had names ({task: {method: result}}) becomes {"builtin": ...}."""
+    if not evaluation:
+        return {}
+    flat = all(isinstance(m, dict) and all(isinstance(r, dict) and ("auroc" in r or "not_run" in r)
+                                           for r in m.values()) for m in evaluation.values())
+    return {BUILTIN_NAME: evaluation} if flat else dict(evaluation)
 
 
 def _log_result(task: str, method: str, result: dict) -> None:

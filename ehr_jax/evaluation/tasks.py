@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 import polars as pl
 
-from ehr_jax.errors import DataError
+from ehr_jax.errors import ConfigError, DataError
 
 LABEL_COLUMNS = {"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"),
                  "boolean_value": pl.Boolean}
@@ -37,6 +37,7 @@ SPLIT_NAMES = ("train", "tuning", "held_out")
 ADMISSION, DISCHARGE, ICU, DEATH = "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "ICU_ADMISSION", "MEDS_DEATH"
 DIED_SUFFIXES = ("DIED", "EXPIRED", "DEATH", "DEAD")  # discharge locations that mean death
 DAY_US = 86_400 * 1_000_000
+LONG_STAY_QUANTILE = 0.95  # rollouts of stay-bounded tasks get the time of a stay this long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,50 @@ BUILTIN_RULES: dict[str, OutcomeRule] = {
     "readmission_30d": OutcomeRule(positive=(ADMISSION,), negative=(DEATH,), horizon_days=30.0),
 }
 BUILTIN_TASKS = tuple(BUILTIN_RULES)
+_RULE_FORMS = ("(task, built-in task name), e.g. ('inhospital_mortality', 'mortality'), or (task, "
+               "outcome prefixes, stopping prefixes, horizon days[, reaching the horizon is the "
+               "outcome]), e.g. ('death_30d', 'MEDS_DEATH', '', 30) with prefixes comma-separated "
+               "and horizon 0 for none")
+
+
+def parse_task_rules(entries) -> dict[str, OutcomeRule]:
+    """config.eval.task_rules -> {label task name: OutcomeRule}, so zero-shot and next-token run
+    on a user's tasks. Entries are tuples (see _RULE_FORMS) or a mapping {task: rest of the
+    tuple, or a built-in name}; ConfigError names what is wrong."""
+    if isinstance(entries, str):
+        raise ConfigError(f"config.eval.task_rules={entries!r}; expected a tuple of {_RULE_FORMS}")
+    if hasattr(entries, "items"):
+        entries = [(task, *((spec,) if isinstance(spec, str) else tuple(spec))) for task, spec in entries.items()]
+    rules = {}
+    for entry in entries or ():
+        entry = (entry,) if isinstance(entry, str) else tuple(entry)
+        if len(entry) == 2 and isinstance(entry[1], str):
+            task, name = entry
+            if name not in BUILTIN_RULES:
+                raise ConfigError(f"config.eval.task_rules: {task!r} maps to {name!r}, which is not a "
+                                  f"built-in rule; expected one of {BUILTIN_TASKS}")
+            rules[str(task)] = BUILTIN_RULES[name]
+        elif len(entry) in (4, 5):
+            task, positive, negative, horizon = entry[:4]
+            try:
+                horizon = float(horizon)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config.eval.task_rules: {task!r} has horizon {horizon!r}; expected "
+                                  "a number of days (0: none)") from None
+            rule = OutcomeRule(_prefixes(positive), _prefixes(negative), horizon if horizon > 0 else None,
+                               horizon_outcome=bool(entry[4]) if len(entry) == 5 else False)
+            if not rule.positive and not (rule.horizon_outcome and rule.horizon_days):
+                raise ConfigError(f"config.eval.task_rules: {task!r} has no outcome prefix and no "
+                                  "horizon that counts as the outcome; a rollout could never be positive")
+            rules[str(task)] = rule
+        else:
+            raise ConfigError(f"config.eval.task_rules: entry {entry!r}; expected {_RULE_FORMS}")
+    return rules
+
+
+def _prefixes(value) -> tuple[str, ...]:
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(p.strip() for p in parts if p.strip())
 
 
 def derive_labels(task: str, frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
@@ -145,6 +190,15 @@ def hospital_stays(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
     return stays.select("subject_id", "admit", "discharge", "death", "icu", "next_admit")
 
 
+def long_stay_days(stays: pl.DataFrame, quantile: float = LONG_STAY_QUANTILE) -> float:
+    """A long hospital stay in days: the quantile of stay lengths (train stays, so no label of an
+    evaluated case leaks into its budget). 7 days when there are no stays."""
+    if stays.height == 0:
+        return 7.0
+    days = (stays["discharge"] - stays["admit"]).dt.total_seconds().to_numpy() / 86_400
+    return float(np.quantile(days, quantile))
+
+
 def _died_suffix(code: pl.Expr) -> pl.Expr:
     upper = code.str.to_uppercase()
     return pl.any_horizontal([upper.str.contains(f"//{s}", literal=True) for s in DIED_SUFFIXES])
@@ -200,7 +254,7 @@ def split_labels(labels: pl.DataFrame, subject_splits: pl.DataFrame) -> dict[str
     split-named folder (as ACES shards them) holding another split's subjects.
     """
     joined = labels.join(subject_splits.select("subject_id", pl.col("split").alias("_split")),
-                         on="subject_id", how="left")
+                         on="subject_id", how="left", maintain_order="left")
     source = joined["source"] if "source" in joined.columns else pl.Series([""] * joined.height)
     unknown = joined.filter(pl.col("_split").is_null())
     if unknown.height:
@@ -245,6 +299,13 @@ class Cases:
         if rule.horizon_anchor == "admission":
             anchor = np.where(self.last_admission_s >= 0, self.last_admission_s, anchor)
         return (anchor + rule.horizon_days * 86_400 - self.last_event_s).astype(np.float64)
+
+    def budget_days(self, rule: OutcomeRule, stay_days: float) -> np.ndarray:
+        """Days of future a rollout may need: the rest of the task's horizon, or for tasks that
+        end with the stay (no horizon) a long stay (`long_stay_days`)."""
+        if rule.horizon_days is None:
+            return np.full(len(self.prompts), float(stay_days))
+        return np.maximum(self.horizon_seconds(rule), 0.0) / 86_400
 
 
 def build_cases(labels: pl.DataFrame, records: Iterable, vocab: list[str], prompt_len: int) -> Cases:

@@ -7,12 +7,16 @@ training length) the cache is a ring buffer of that many slots, so rollouts long
 training window still attend only to spans the model was trained on. A rollout stops at an
 outcome token, at a stopping token (a discharge, a death; tokens of the same timestamp that
 follow may still carry the outcome), when its summed time-interval tokens pass the task's
-horizon, or at max_new_tokens (counted as no outcome; results report how often). The risk
-is the fraction of rollouts that end in the outcome.
+horizon, or at its token cap. The cap follows from the time the rollout may need (the task's
+horizon, or a long hospital stay) and the data's tokens per day (`token_caps`); a capped
+rollout is censored: it says nothing about the outcome, so it never counts as a negative.
+The risk is the outcome share among the rollouts that resolved.
 
 Next-token (cheap, deterministic): from the distribution over the token right after the
 history, P(outcome) / (P(outcome) + P(stopping token)): the chance that, if the stay's next
-decisive token came now, it would be the outcome. Only for tasks with both kinds of token.
+decisive token came now, it would be the outcome. It ignores the horizon and the time until
+that token, so it ranks cases but is not a calibrated probability. Only for tasks with both
+kinds of token.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from ehr_jax.data import tokenize
 from ehr_jax.evaluation.tasks import DIED_SUFFIXES, DISCHARGE, OutcomeRule
 
 GRACE_TOKENS = 8  # after a stopping token, tokens of the same timestamp that may still hold the outcome
-# Stop reasons per rollout.
-RUNNING, OUTCOME, STOPPED, HORIZON = 0, 1, 2, 3
+MIN_TOKEN_CAP = 16  # a budget never below this (a horizon minutes away still needs its tokens)
+# Stop reasons per rollout (CAPPED: censored at its token cap).
+RUNNING, OUTCOME, STOPPED, HORIZON, CAPPED = 0, 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +71,14 @@ def resolve_rule(rule: OutcomeRule, vocab: list[str]) -> TokenRule:
                      rule.horizon_anchor, rule.horizon_outcome)
 
 
+def token_caps(budget_days_C: np.ndarray, tokens_per_day: float, max_new_tokens: int) -> np.ndarray:
+    """Per-case rollout token caps: the days a rollout may need times the data's tokens per
+    day (ehr_jax.data.prepare.DayDensity), within [MIN_TOKEN_CAP, max_new_tokens]."""
+    wanted = np.ceil(np.asarray(budget_days_C, np.float64) * max(float(tokens_per_day), 0.0))
+    wanted = np.nan_to_num(wanted, nan=max_new_tokens, posinf=max_new_tokens)
+    return np.clip(wanted, min(MIN_TOKEN_CAP, max_new_tokens), max_new_tokens).astype(np.int32)
+
+
 @dataclasses.dataclass
 class RolloutResult:
     """Per rollout (case-major, num_rollouts per case): outcome, why it stopped, tokens made."""
@@ -75,23 +88,33 @@ class RolloutResult:
     new_tokens_CxR: np.ndarray
 
     @property
+    def capped_share(self) -> float:
+        """Fraction of rollouts censored at their token cap."""
+        return float((self.reason_CxR == CAPPED).mean()) if self.reason_CxR.size else 0.0
+
+    @property
     def probability_C(self) -> np.ndarray:
-        """ETHOS: the fraction of rollouts ending in the outcome (capped ones count as no)."""
-        return self.outcome_CxR.mean(axis=1)
+        """ETHOS with censoring: the outcome share among a case's resolved rollouts (capped
+        ones are censored, never negatives); a case whose rollouts were all capped gets the
+        pooled resolved rate of all cases (it carries no information of its own)."""
+        return self.resolved_probability_C(prior_weight=0.0)
 
     def resolved_probability_C(self, prior_weight: float = 1.0) -> np.ndarray:
-        """Outcome share among rollouts that resolved before the token cap.
+        """Outcome share among rollouts that resolved before their token cap, shrunk towards the
+        pooled resolved rate of all cases with `prior_weight` pseudo-rollouts.
 
         A capped rollout is censored, not negative: counting it as 'no outcome' biases cases
-        whose outcome lies far ahead (a death days into a stay) towards 0. Each case is shrunk
-        towards the pooled resolved rate of all cases with `prior_weight` pseudo-rollouts, so
-        a case whose rollouts were all capped gets the pooled rate. Uses no labels.
+        whose outcome lies far ahead (a death days into a stay) towards 0. The shrinkage steadies
+        cases with few resolved rollouts. Uses no labels.
         """
-        resolved = self.reason_CxR != RUNNING
+        resolved = (self.reason_CxR != RUNNING) & (self.reason_CxR != CAPPED)
         n_resolved = resolved.sum(axis=1)
         n_outcome = (self.outcome_CxR & resolved).sum(axis=1)
         pooled = n_outcome.sum() / max(n_resolved.sum(), 1)
-        return (n_outcome + prior_weight * pooled) / (n_resolved + prior_weight)
+        denominator = n_resolved + prior_weight
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = (n_outcome + prior_weight * pooled) / denominator
+        return np.where(denominator > 0, share, pooled)
 
 
 class RolloutSampler:
@@ -118,22 +141,29 @@ class RolloutSampler:
         self._sample = jax.jit(self._sample_batch, static_argnames=("horizon_outcome",))
 
     def run(self, prompts_CxP: np.ndarray, valid_CxP: np.ndarray, horizon_s_C: np.ndarray,
-            rule: TokenRule, seed: int = 0) -> RolloutResult:
-        """Rollouts for any number of cases, in fixed-size batches (the last one padded)."""
+            rule: TokenRule, seed: int = 0, cap_C: np.ndarray | None = None) -> RolloutResult:
+        """Rollouts for any number of cases, in fixed-size batches (the last one padded).
+
+        cap_C: each case's token cap (at most max_new_tokens, the default); a rollout reaching
+        it is censored (reason CAPPED). Caps vary per case without a recompile.
+        """
         n_cases, c = len(prompts_CxP), self.cases_per_batch
+        if cap_C is None:
+            cap_C = np.full(n_cases, self.max_new_tokens, np.int32)
+        cap_C = np.minimum(np.asarray(cap_C, np.int32), self.max_new_tokens)
         tables = (jnp.asarray(rule.positive_V), jnp.asarray(rule.negative_V), jnp.asarray(rule.seconds_V))
         outputs = []
         for batch, start in enumerate(range(0, n_cases, c)):
             rows = np.arange(start, start + c) % n_cases  # padding rows repeat real cases
             key = jax.random.fold_in(jax.random.key(seed), batch)
             out = self._sample(self.state, jnp.asarray(prompts_CxP[rows]), jnp.asarray(valid_CxP[rows]),
-                               jnp.asarray(horizon_s_C[rows], jnp.float32), *tables, key,
-                               horizon_outcome=rule.horizon_outcome)
+                               jnp.asarray(horizon_s_C[rows], jnp.float32), jnp.asarray(cap_C[rows]),
+                               *tables, key, horizon_outcome=rule.horizon_outcome)
             outputs.append([np.asarray(x)[: min(c, n_cases - start)] for x in out])
         outcome, reason, new_tokens = (np.concatenate(parts) for parts in zip(*outputs))
         return RolloutResult(outcome, reason, new_tokens)
 
-    def _sample_batch(self, state, prompts_CxP, valid_CxP, horizon_C, positive_V, negative_V,
+    def _sample_batch(self, state, prompts_CxP, valid_CxP, horizon_C, cap_C, positive_V, negative_V,
                       seconds_V, key, *, horizon_outcome: bool):
         self.traces += 1  # runs at trace time only
         model = nnx.merge(self.graphdef, state)
@@ -150,15 +180,16 @@ class RolloutSampler:
                      reason=zeros_i, outcome=zeros_b, grace=zeros_i, new_tokens=zeros_i,
                      elapsed=jnp.zeros(n, jnp.float32))
         step = functools.partial(_decode_step, model, positive_V, negative_V, seconds_V, horizon_N,
-                                 horizon_outcome, self.temperature, self.window)
+                                 repeat(cap_C), horizon_outcome, self.temperature, self.window)
         carry = jax.lax.while_loop(
             lambda c: (c["step"] < self.max_new_tokens) & jnp.any(c["reason"] == RUNNING), step, carry)
         shape = (prompts_CxP.shape[0], r)
-        return (carry["outcome"].reshape(shape), carry["reason"].reshape(shape),
+        reason = jnp.where(carry["reason"] == RUNNING, CAPPED, carry["reason"])
+        return (carry["outcome"].reshape(shape), reason.reshape(shape),
                 carry["new_tokens"].reshape(shape))
 
 
-def _decode_step(model, positive_V, negative_V, seconds_V, horizon_N, horizon_outcome: bool,
+def _decode_step(model, positive_V, negative_V, seconds_V, horizon_N, cap_N, horizon_outcome: bool,
                  temperature: float, window: int | None, carry: dict) -> dict:
     """Sample one token per rollout, apply the stop rules, feed the token back through the cache."""
     key, sample_key = jax.random.split(carry["key"])
@@ -175,12 +206,14 @@ def _decode_step(model, positive_V, negative_V, seconds_V, horizon_N, horizon_ou
     grace = jnp.where(running & ~closing & is_negative & ~past_horizon, 1,
                       jnp.where(closing, carry["grace"] + 1, carry["grace"]))
     closed = closing & ~hit_outcome & (is_time | (grace > GRACE_TOKENS))
-    reason = jnp.select([hit_outcome, past_horizon, closed], [OUTCOME, HORIZON, STOPPED], carry["reason"])
+    new_tokens = carry["new_tokens"] + running.astype(jnp.int32)
+    capped = running & (new_tokens >= cap_N)
+    reason = jnp.select([hit_outcome, past_horizon, closed, capped], [OUTCOME, HORIZON, STOPPED, CAPPED],
+                        carry["reason"])
     outcome = carry["outcome"] | hit_outcome | (past_horizon & horizon_outcome)
     logits, cache = model.decode_step(token_N, _slide(carry["cache"], window))
     return dict(step=carry["step"] + 1, logits=logits, cache=cache, key=key, reason=reason,
-                outcome=outcome, grace=grace, elapsed=elapsed,
-                new_tokens=carry["new_tokens"] + running.astype(jnp.int32))
+                outcome=outcome, grace=grace, elapsed=elapsed, new_tokens=new_tokens)
 
 
 def _slide(cache, window: int | None):

@@ -8,9 +8,10 @@ kept as two NNX states so a checkpoint can store them as separate items.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import optax
 from flax import nnx
 
@@ -18,9 +19,9 @@ from ehr_jax import parallel
 from ehr_jax.model import transformer
 
 
-def _create(cfg: transformer.ModelConfig, seed: int,
+def _create(cfg: transformer.ModelConfig, seed: int | jax.Array,
             tx: optax.GradientTransformation | None) -> tuple[nnx.Module, ...]:
-    model = transformer.Transformer(cfg, rngs=nnx.Rngs(seed))
+    model = transformer.Transformer(cfg, rngs=nnx.Rngs(jax.random.key(seed)))
     return (model,) if tx is None else (model, nnx.Optimizer(model, tx, wrt=nnx.Param))
 
 
@@ -37,10 +38,19 @@ def init(cfg: transformer.ModelConfig, mesh: jax.sharding.Mesh, seed: int,
          tx: optax.GradientTransformation | None = None) -> tuple[Any, Any, Any]:
     """(graphdef, state, shardings) of the model, or of the pair (model, optimizer) when `tx`
     is given; each array is created directly in its sharding."""
-    graphdefs, abstract_states = _split(nnx.eval_shape(lambda: _create(cfg, seed, tx)))
+    graphdef, shardings, create = make_init(cfg, mesh, tx)
+    return graphdef, create(seed), shardings
+
+
+def make_init(cfg: transformer.ModelConfig, mesh: jax.sharding.Mesh,
+              tx: optax.GradientTransformation | None = None) -> tuple[Any, Any, Callable]:
+    """(graphdef, shardings, create) where create(seed) is `init`'s state: the seed is an input
+    of the compiled program, so runs with other seeds (and, kept, every run of a shape) share it."""
+    graphdefs, abstract_states = _split(nnx.eval_shape(lambda: _create(cfg, 0, tx)))
     shardings = parallel.state_shardings(abstract_states, mesh)
-    states = jax.jit(lambda: _split(_create(cfg, seed, tx))[1], out_shardings=shardings)()
-    return _unwrap(graphdefs, tx), _unwrap(states, tx), _unwrap(shardings, tx)
+    program = jax.jit(lambda seed: _split(_create(cfg, seed, tx))[1], out_shardings=shardings)
+    return (_unwrap(graphdefs, tx), _unwrap(shardings, tx),
+            lambda seed: _unwrap(program(np.int32(seed)), tx))
 
 
 def abstract(cfg: transformer.ModelConfig, mesh: jax.sharding.Mesh,

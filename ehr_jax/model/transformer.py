@@ -1,5 +1,8 @@
 """Llama-style decoder in Flax NNX: RMSNorm, RoPE, SwiGLU, causal (grouped-query) attention.
 
+Attention runs through ehr_jax.model.attention (config.model.attention picks the kernel). Packed
+rows pass segment ids (no token sees another segment) and per-segment RoPE positions.
+
 Parameters are float32 and carry logical axis names only (embed, mlp, heads, ...); ehr_jax.parallel
 maps them onto a mesh. Compute runs in config.model.dtype and logits come back float32. A KV
 cache (prefill + decode_step, fixed shapes) serves zero-shot rollouts. Training, prefill and
@@ -17,6 +20,7 @@ from flax import nnx
 
 from ehr_jax import parallel
 from ehr_jax.errors import ConfigError
+from ehr_jax.model import attention as attention_lib
 from ehr_jax.model import sizes
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -36,7 +40,7 @@ class ModelConfig:
     remat: bool = False
     scan_layers: bool = False  # resolved: one nnx.scan over stacked blocks, or a Python loop
     dtype: str = "float32"  # resolved compute dtype: float32 or bfloat16
-    attention: str = "xla"  # "cudnn" (flash attention on GPU with bf16) or "xla"
+    attention: str = "xla"  # resolved implementation, a name in attention.IMPLEMENTATIONS
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
 
@@ -45,9 +49,11 @@ class ModelConfig:
         return _DTYPES[self.dtype]
 
 
-def model_config(model_cfg, vocab_size: int, seq_len: int) -> ModelConfig:
+def model_config(model_cfg, vocab_size: int, seq_len: int, *, packed: bool = False
+                 ) -> ModelConfig:
     """ModelConfig from config.model (size name, n_kv_heads, tie_embeddings, remat,
-    scan_layers, dtype).
+    scan_layers, dtype, attention); `packed` says whether rows hold several segments
+    (data.pack).
 
     `model_cfg` is a ConfigDict or plain dict; missing optional keys take base.py's defaults.
     """
@@ -60,16 +66,14 @@ def model_config(model_cfg, vocab_size: int, seq_len: int) -> ModelConfig:
     n_kv_heads = sizes.kv_heads(size, int(model_cfg.get("n_kv_heads", 0)))
     if vocab_size < 1 or seq_len < 1:
         raise ConfigError(f"vocab_size={vocab_size} and seq_len={seq_len} must be positive")
-    cudnn_ok = (
-        jax.default_backend() == "gpu" and dtype == "bfloat16"
-        and size.head_dim % 8 == 0 and size.head_dim <= 128 and _cudnn_flash_capable()
-    )
+    attention = attention_lib.resolve(model_cfg.get("attention", "auto"), dtype=dtype,
+                                      head_dim=size.head_dim, seq_len=seq_len, packed=packed)
     return ModelConfig(
         vocab_size=vocab_size, seq_len=seq_len, size=size, n_kv_heads=n_kv_heads,
         tie_embeddings=bool(model_cfg.get("tie_embeddings", False)),
         remat=bool(model_cfg.get("remat", False)),
         scan_layers=_scan_layers(model_cfg.get("scan_layers", "auto")), dtype=dtype,
-        attention="cudnn" if cudnn_ok else "xla",
+        attention=attention,
     )
 
 
@@ -81,12 +85,6 @@ def _scan_layers(value: str) -> bool:
     if value == "auto":
         return jax.default_backend() in ("gpu", "tpu")
     return value == "on"
-
-
-def _cudnn_flash_capable() -> bool:
-    """cuDNN flash attention needs an Ampere-or-newer NVIDIA GPU (compute capability >= 8.0)."""
-    capability = getattr(jax.devices()[0], "compute_capability", "0")
-    return float(capability or 0) >= 8.0
 
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
@@ -158,24 +156,23 @@ class Attention(nnx.Module):
     def _out(self, o_BxLxHxK):
         return _project(o_BxLxHxK, self.wo[...], n_contract=2)
 
-    def __call__(self, x_BxLxD, sin, cos, step: "CacheStep | None" = None, k_cache=None,
-                 v_cache=None):
-        """Training (no step): causal self-attention over x. Prefill and decode: write x's K/V
-        into the layer's cache at step.index, then attend to the cache slots step's mask allows.
+    def __call__(self, x_BxLxD, sin, cos, segment_ids_BxL=None, step: "CacheStep | None" = None,
+                 k_cache=None, v_cache=None):
+        """Training (no step): causal self-attention over x, inside each segment when rows are
+        packed. Prefill and decode: write x's K/V into the layer's cache at step.index, then
+        attend to the cache slots step's mask allows.
 
         Returns (output, k_cache, v_cache); the caches are None in training.
         """
         q, k, v = self._qkv(x_BxLxD, sin, cos)
         if step is None:
-            o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self._impl())
+            o = attention_lib.attention(q, k, v, segment_ids_BxL=segment_ids_BxL,
+                                        implementation=self.cfg.attention)
             return self._out(o), None, None
         k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k, step.index, axis=1)
         v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v, step.index, axis=1)
         o = jax.nn.dot_product_attention(q, k_cache, v_cache, mask=step.mask_Bx1xQxS)
         return self._out(o), k_cache, v_cache
-
-    def _impl(self):
-        return self.cfg.attention if self.cfg.attention == "cudnn" else None
 
 
 class MLP(nnx.Module):
@@ -210,17 +207,17 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(d, cfg.norm_eps, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_BxLxD, sin, cos, step: CacheStep | None = None, k_cache=None,
-                 v_cache=None):
+    def __call__(self, x_BxLxD, sin, cos, segment_ids_BxL=None, step: CacheStep | None = None,
+                 k_cache=None, v_cache=None):
         """The one residual block of training, prefill and decode (see Attention.__call__)."""
-        attn_BxLxD, k_cache, v_cache = self.attn(self.attn_norm(x_BxLxD), sin, cos, step,
-                                                 k_cache, v_cache)
+        attn_BxLxD, k_cache, v_cache = self.attn(self.attn_norm(x_BxLxD), sin, cos,
+                                                 segment_ids_BxL, step, k_cache, v_cache)
         x_BxLxD = x_BxLxD + attn_BxLxD
         return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD)), k_cache, v_cache
 
 
-def _run_block(block: Block, x_BxLxD, sin, cos, step, k_cache, v_cache):
-    return block(x_BxLxD, sin, cos, step, k_cache, v_cache)
+def _run_block(block: Block, x_BxLxD, sin, cos, segment_ids_BxL, step, k_cache, v_cache):
+    return block(x_BxLxD, sin, cos, segment_ids_BxL, step, k_cache, v_cache)
 
 
 _run_block_remat = nnx.remat(_run_block)  # recompute the block's activations in the backward pass
@@ -263,7 +260,11 @@ class KVCache(NamedTuple):
 
 
 class Transformer(nnx.Module):
-    """Decoder-only LM: tokens [B, L] -> float32 logits [B, L, V]."""
+    """Decoder-only LM: tokens [B, L] -> float32 logits [B, L, V].
+
+    Packed rows also pass segment_ids [B, L] (attention stays inside a segment) and positions
+    [B, L] (RoPE restarts at each segment); without them a row is one sequence from position 0.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -290,13 +291,15 @@ class Transformer(nnx.Module):
         axes = ("batch", "length", "vocab") if logits.ndim == 3 else ("batch", "vocab")
         return parallel.constrain(logits, axes)
 
-    def _hidden(self, tokens_BxL):
+    def _hidden(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
         x = parallel.constrain(self._embed(tokens_BxL), _ACTIVATION_AXES)
-        positions_L = jnp.arange(tokens_BxL.shape[1])
-        sin, cos = rope_tables(positions_L, self.cfg.size.head_dim, self.cfg.rope_theta)
-        return self.final_norm(self._layers(x, sin, cos)[0])
+        if positions_BxL is None:
+            positions_BxL = jnp.arange(tokens_BxL.shape[1])
+        sin, cos = rope_tables(positions_BxL, self.cfg.size.head_dim, self.cfg.rope_theta)
+        return self.final_norm(self._layers(x, sin, cos, segment_ids_BxL)[0])
 
-    def _layers(self, x_BxLxD, sin, cos, step: CacheStep | None = None, k=None, v=None):
+    def _layers(self, x_BxLxD, sin, cos, segment_ids_BxL=None, step: CacheStep | None = None,
+                k=None, v=None):
         """Every block in order: a Python loop, or one nnx.scan over the stacked blocks.
 
         Returns (x, k, v): with a cache step, every layer's updated K/V in the cache's layout.
@@ -304,7 +307,8 @@ class Transformer(nnx.Module):
         run = _run_block_remat if self.cfg.remat else _run_block
         if self.cfg.scan_layers:
             def body(x_BxLxD, block, k_cache, v_cache):
-                x_BxLxD, k_cache, v_cache = run(block, x_BxLxD, sin, cos, step, k_cache, v_cache)
+                x_BxLxD, k_cache, v_cache = run(block, x_BxLxD, sin, cos, segment_ids_BxL, step,
+                                                k_cache, v_cache)
                 return parallel.constrain(x_BxLxD, _ACTIVATION_AXES), (k_cache, v_cache)
 
             scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0),
@@ -313,15 +317,15 @@ class Transformer(nnx.Module):
             return x_BxLxD, k, v
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
-            x_BxLxD, k_i, v_i = run(block, x_BxLxD, sin, cos, step,
+            x_BxLxD, k_i, v_i = run(block, x_BxLxD, sin, cos, segment_ids_BxL, step,
                                     None if k is None else k[i], None if v is None else v[i])
             x_BxLxD = parallel.constrain(x_BxLxD, _ACTIVATION_AXES)
             ks.append(k_i)
             vs.append(v_i)
         return x_BxLxD, tuple(ks), tuple(vs)
 
-    def __call__(self, tokens_BxL):
-        return self._logits(self._hidden(tokens_BxL))
+    def __call__(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
+        return self._logits(self._hidden(tokens_BxL, segment_ids_BxL, positions_BxL))
 
     def hidden(self, tokens_BxL):
         """Final-norm output (float32): the representation linear probes read."""
@@ -370,5 +374,5 @@ class Transformer(nnx.Module):
     def _cached_forward(self, tokens_BxQ, positions_BxQ, step: CacheStep, k, v):
         """New tokens through every layer's cache; the last one's logits [B, V] and the K/V."""
         sin, cos = rope_tables(positions_BxQ, self.cfg.size.head_dim, self.cfg.rope_theta)
-        x, k, v = self._layers(self._embed(tokens_BxQ), sin, cos, step, k, v)
+        x, k, v = self._layers(self._embed(tokens_BxQ), sin, cos, None, step, k, v)
         return self._logits(self.final_norm(x[:, -1])), k, v

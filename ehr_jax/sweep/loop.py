@@ -33,8 +33,8 @@ class SweepFailed(EhrJaxError):
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """The grid keys a sweep needs, checked before any data is made."""
-    for key in ("budgets", "sizes", "min_steps", "max_epochs", "only", "dry_run", "analysis"):
+    """The grid keys a sweep reads (all of grid.default_grid's), checked before any data is made."""
+    for key in grid_lib.default_grid():
         if key not in config.grid:
             raise ConfigError(f"config.grid.{key} is missing; see configs/quickstart.py")
     if not config.data.meds_dir and config.data.synthetic_subjects <= 0:
@@ -61,7 +61,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str, trai
         return {"commands": commands.print_commands([p.name for p in points], workdir,
                                                     prepared_dir, *command_line,
                                                     write=_is_writer())}
-    if config.grid.get("compilation_cache", False):
+    if config.grid.compilation_cache:
         _enable_compilation_cache(workdir)
     if _is_writer():
         registry.sync_results(workdir, [p.name for p in points])

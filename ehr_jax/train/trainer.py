@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -85,14 +86,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         os.makedirs(workdir, exist_ok=True)
         rundir.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
-    # Model and optimizer, created directly in their shardings.
-    tx = optim.make_optimizer(config.train, plan.peak_lr, plan.steps)
-    graphdef, state, state_sharding = model_init.init(model_cfg, mesh, config.seed, tx)
-    batch_sharding = parallel.batch_sharding(mesh)
-    schedule = optim.learning_rate_schedule(
-        plan.peak_lr, plan.steps, config.train.warmup_frac, config.train.min_lr_ratio)
-    train_step = make_train_step(graphdef, state_sharding, batch_sharding, schedule)
-    eval_step = make_eval_step(graphdef, state_sharding, batch_sharding)
+    # Model and optimizer, created directly in their shardings, by programs compiled once per
+    # model shape: the schedule's numbers are inputs of the train step, not part of it.
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    programs = compiled_programs(model_cfg, mesh, optim.static_settings(config.train, schedule),
+                                 plan.global_batch_size)
+    state = programs.init(config.seed)
+    batch_sharding = programs.batch_sharding
+    schedule_inputs = jax.device_put(schedule.inputs(), programs.replicated)
+    eval_step = programs.eval_step
+
+    def train_step(state, batch):
+        return programs.train_step(state, batch, schedule_inputs)
 
     # Restore: parameters, optimizer state and loader position come back together.
     checkpointer = checkpoint.Checkpointer(
@@ -107,9 +112,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
         loader.set_state(restored.loader_state)
     start_step = restored.step if restored is not None else 0
     logging.info("run %s: %d params (%d non-embedding), %d steps of %d tokens, peak lr %.2e, "
-                 "starting at step %d", os.path.basename(workdir), plan.n_params,
-                 plan.n_params_non_embedding, plan.steps, plan.tokens_per_step, plan.peak_lr,
-                 start_step)
+                 "%s attention, %s compute, starting at step %d", os.path.basename(workdir),
+                 plan.n_params, plan.n_params_non_embedding, plan.steps, plan.tokens_per_step,
+                 plan.peak_lr, model_cfg.attention, model_cfg.dtype, start_step)
 
     # Loop.
     peak_total = metrics.peak_flops(jax.devices()[0]) * jax.device_count()
@@ -166,6 +171,62 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
                 scan_layers=model_cfg.scan_layers)
 
 
+@dataclasses.dataclass
+class Programs:
+    """The jit-compiled programs of one model shape (model config, mesh, optimizer settings).
+
+    Every run of that shape in this process shares them, so a sweep traces and compiles its
+    init, train and eval programs once per size, not once per grid point; the persistent
+    compilation cache then shares them across processes too.
+    """
+
+    graphdef: tuple[nnx.GraphDef, nnx.GraphDef]
+    state_sharding: Any
+    batch_sharding: Any
+    replicated: Any
+    init: Callable  # seed -> (model, optimizer) state, initialised in its shardings
+    train_step: Callable  # (state, batch, schedule_inputs) -> (state, metrics); state donated
+    eval_step: Callable  # (state, batch) -> per-position masked losses
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_programs(model_cfg: transformer.ModelConfig, mesh: jax.sharding.Mesh,
+                      settings: tuple, global_batch_size: int) -> Programs:
+    """The Programs of a shape; settings: optim.static_settings (what shapes the step)."""
+    static = dict(settings)
+    tx = optim.make_optimizer(ml_collections.ConfigDict(static))
+    graphdef, state_sharding, init = model_init.make_init(model_cfg, mesh, tx)
+    batch_sharding = parallel.batch_sharding(mesh)
+    shape = (f"{model_cfg.size.name} (batch {global_batch_size} x {model_cfg.seq_len}, "
+             f"{model_cfg.dtype}, {static['schedule']} schedule, {mesh.size} devices)")
+    return Programs(
+        graphdef, state_sharding, batch_sharding, parallel.replicated(mesh),
+        _LogFirstCall(init, f"init program for {shape}"),
+        _LogFirstCall(make_train_step(graphdef, state_sharding, batch_sharding,
+                                      static["schedule"], static["cooldown_shape"]),
+                      f"train step for {shape}"),
+        _LogFirstCall(make_eval_step(graphdef, state_sharding, batch_sharding),
+                      f"eval step for {shape}"))
+
+
+class _LogFirstCall:
+    """A jitted function whose first call (trace and compile) is logged with its duration."""
+
+    def __init__(self, fn: Callable, what: str):
+        self.fn, self.what, self.called = fn, what, False
+
+    def __call__(self, *args):
+        if self.called:
+            return self.fn(*args)
+        logging.info("compiling %s", self.what)
+        start = time.perf_counter()
+        out = jax.block_until_ready(self.fn(*args))
+        self.called = True
+        logging.info("compiled %s in %.1f s (with its first call; the persistent cache may have "
+                     "served it)", self.what, time.perf_counter() - start)
+        return out
+
+
 def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
                         mask_BxL: jax.Array) -> jax.Array:
     """Per-position cross-entropy (float32), zero where the mask is 0."""
@@ -174,11 +235,15 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
     return losses_BxL * mask_BxL
 
 
-def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any, batch_sharding: Any,
-                    schedule: optax.Schedule) -> Callable:
-    """jit'd (state, batch) -> (state, metrics); the state (model, optimizer) is donated
-    (updated in place)."""
-    def train_step(state, batch):
+def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: str,
+                  cooldown_shape: str = "linear") -> Callable:
+    """The pure (state, batch, schedule_inputs) -> (state, metrics) of one run, not jitted:
+    make_train_step jits it with shardings, ehr_jax.train.packed vmaps it over runs.
+
+    The learning rate is computed inside from the optimizer's step and the schedule's numbers
+    (optim.Schedule.inputs), so the compiled step does not depend on a run's length or peak.
+    """
+    def train_step(state, batch, schedule_inputs):
         model, optimizer = map(nnx.merge, graphdef, state)
 
         def loss_fn(model):
@@ -188,14 +253,24 @@ def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding:
             return losses_BxL.sum() / jnp.maximum(n_targets, 1.0), n_targets
 
         (loss, n_targets), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        lr = schedule(optimizer.step[...])
-        optimizer.update(model, grads)
+        lr = optim.learning_rate(optimizer.step[...], schedule_inputs, schedule_kind,
+                                 cooldown_shape)
+        optimizer.update(model, grads, learning_rate=lr)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
                         "target_tokens": n_targets}
         return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
+    return train_step
+
+
+def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
+                    batch_sharding: Any, schedule_kind: str,
+                    cooldown_shape: str = "linear") -> Callable:
+    """jit'd (state, batch, schedule_inputs) -> (state, metrics) of train_step_fn; the state
+    (model, optimizer) is donated (updated in place)."""
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+    return jax.jit(train_step_fn(graphdef, schedule_kind, cooldown_shape),
+                   in_shardings=(state_sharding, batch_sharding, replicated),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
@@ -339,6 +414,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "n_layers": model_cfg.size.n_layers,
         "d_model": model_cfg.size.d_model,
         "model_size": model_cfg.size.name,
+        "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
         "tokens_seen": tokens,
         "target_tokens_seen": loop.target_tokens,
         "flops": tokens * plan.flops_per_token,
