@@ -206,7 +206,7 @@ def test_restore_model_keeps_the_checkpoints_layer_layout(run_dir, tmp_path):
     model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
     assert not model_cfg.scan_layers
     model_cfg = dataclasses.replace(model_cfg, scan_layers=True)
-    tx = optim.make_optimizer(config.train, 1e-3, 10)
+    tx = optim.make_optimizer(config.train)
     _, state, _ = model_init.init(model_cfg, parallel.make_mesh(tuple(config.mesh.shape)), 0, tx)
     saver = checkpoint.Checkpointer(tmp_path / "checkpoints", keep=1, use_async=False)
     saver.save(3, state, {}, {"scan_layers": True})
