@@ -15,7 +15,9 @@ traced on abstract state (nothing is allocated) and compiled ahead of time:
   (`pip install libtpu==0.0.42.*`, the version jax 0.10.2's [tpu] extra pins; add its folder
   with --libtpu_path when it is not importable).
 Prints per size: parameters, per-device bytes (arguments, outputs, temporaries, peak = args +
-outputs - aliased + temps), compile seconds, and whether it fits --device_gib.
+outputs - aliased + temps), compile seconds, and whether it fits --device_gib. With --choose it
+runs the trainer's own pre-flight (ehr_jax.train.trainer.fit_memory, train.memory_fit=auto,
+train.device_memory_gib=--device_gib) and prints each setting it tried and the one it keeps.
 """
 
 import os
@@ -35,6 +37,9 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 2048, "Tokens per window.")
 _VOCAB = flags.DEFINE_integer("vocab", 8192, "Vocabulary size.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialise each block.")
+_ACCUM = flags.DEFINE_integer("accum", 1, "Gradient-accumulation steps (micro-batches per step).")
+_CHOOSE = flags.DEFINE_bool("choose", False, "Run the trainer's memory pre-flight instead (from "
+                            "--remat, accumulation auto) against --device_gib; print every try.")
 _DEVICE_GIB = flags.DEFINE_float("device_gib", 80.0, "Memory of one device, for the fits column.")
 _LIBTPU = flags.DEFINE_string("libtpu_path", "", "Folder holding the libtpu package (pip --target).")
 
@@ -53,6 +58,12 @@ def _devices_and_kind():
 
     topology = topologies.get_topology_desc(topology_name=_TARGET.value, platform="tpu")
     return topology.devices, f"{len(topology.devices)} x {topology.devices[0].device_kind}"
+
+
+def memory_usable_gib() -> float:
+    from ehr_jax.train import memory
+
+    return _DEVICE_GIB.value * memory.USABLE_FRACTION
 
 
 def _mesh(devices):
@@ -87,7 +98,8 @@ def measure(size_name: str, mesh) -> dict:
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
     batch_sharding = parallel.batch_sharding(mesh)
     schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
-    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind)
+    step = trainer.make_train_step(graphdef, state_sharding, batch_sharding, schedule.kind,
+                                   accum_steps=_ACCUM.value)
     schedule_inputs = {key: jax.ShapeDtypeStruct((), np.float32) for key in schedule.inputs()}
     shape = (_BATCH.value, _SEQ_LEN.value)
     batch = {"tokens": jax.ShapeDtypeStruct(shape, np.int32),
@@ -131,6 +143,34 @@ def _execute(model_cfg, tx, mesh, compiled, schedule_inputs: dict) -> int | None
     return stats.get("peak_bytes_in_use")
 
 
+def choose(size_name: str, mesh) -> None:
+    """The trainer's pre-flight for this size: every setting it compiles, and its choice."""
+    from ehr_jax import config_files
+    from ehr_jax.errors import ConfigError
+    from ehr_jax.model import transformer
+    from ehr_jax.train import optim, trainer
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
+    config.model.size, config.model.dtype, config.model.remat = size_name, _DTYPE.value, _REMAT.value
+    config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
+    config.train.device_memory_gib = _DEVICE_GIB.value
+    model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
+    plan = trainer.make_plan(config, model_cfg)
+    settings = optim.static_settings(config.train, optim.make_schedule(config.train, 1e-3, 10))
+    try:
+        fit = trainer.fit_memory(config.train, model_cfg, mesh, settings, _BATCH.value)
+    except ConfigError as error:
+        print(f"{size_name:>10} {plan.n_params:>14,}  error: {error}", flush=True)
+        return
+    for entry in fit.summary()["tried"]:
+        chosen = (entry["remat"], entry["grad_accum_steps"]) == (fit.setting.remat,
+                                                                  fit.setting.accum_steps)
+        print(f"{size_name:>10} {plan.n_params:>14,} {str(entry['remat']):>6} "
+              f"{entry['grad_accum_steps']:>6} {entry['step_gib_per_device']:>9.2f} "
+              f"{entry['compile_s']:>9.1f} {'chosen' if chosen else 'no'}", flush=True)
+
+
 def main(argv) -> None:
     del argv
     if _LIBTPU.value:
@@ -144,7 +184,18 @@ def main(argv) -> None:
     mesh = _mesh(devices)
     print(f"{machine.describe()}; jax {jax.__version__}; compiling for {kind}, mesh "
           f"{dict(mesh.shape)}; batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value},"
-          f" {_DTYPE.value}, remat {_REMAT.value}", flush=True)
+          f" {_DTYPE.value}, remat {_REMAT.value}, accumulation "
+          f"{'auto' if _CHOOSE.value else _ACCUM.value}", flush=True)
+    if _CHOOSE.value:
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)
+        print(f"{'size':>10} {'params':>14} {'remat':>6} {'accum':>6} {'peak GiB':>9} "
+              f"{'compile s':>9} pre-flight (usable: {memory_usable_gib():.1f} of "
+              f"{_DEVICE_GIB.value:g} GiB)", flush=True)
+        for name in _SIZES.value:
+            choose(name, mesh)
+        return
     print(f"{'size':>10} {'params':>14} {'args GiB':>9} {'temps GiB':>9} {'peak GiB':>9} "
           f"{'compile s':>9} fits {_DEVICE_GIB.value:g} GiB")
     for name in _SIZES.value:

@@ -76,7 +76,9 @@ def main(argv: list[str]) -> None:
         if _LOCAL.value:
             r = bench_prepare.run_prepare(meds_dir, root / f"prepared-{n}")
             print(f"subjects={n:>7}  local          events={r['events']:>11,}  time={r['seconds']:6.1f}s  "
-                  f"events/s={r['events'] / r['seconds']:>10,.0f}  peak_rss={r['peak_rss_mb']:6.0f} MB", flush=True)
+                  f"events/s={r['events'] / r['seconds']:>10,.0f}  "
+                  f"events/cpu-s={r['events'] / r['cpu_seconds']:>10,.0f}  peak_rss={r['peak_rss_mb']:6.0f} MB",
+                  flush=True)
         for workers in (int(w) for w in _WORKERS.value):
             r = run_beam(meds_dir, root / f"beam-{n}-{workers}", workers)
             print(f"subjects={n:>7}  beam workers={workers}  events={r['events']:>11,}  time={r['seconds']:6.1f}s  "

@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 0  # Grain worker processes (0: read in the training process)
     config.data.min_code_count = 10  # codes seen fewer times in train become the unknown token
     config.data.num_quantiles = 10  # value bins per numeric code (deciles), fitted on train
+    config.data.max_text_values = 8  # codes with at most this many text values in train get TXT// tokens (0: off)
     config.data.records_per_shard = 2000  # patients per ArrayRecord shard
 
     config.model = ml_collections.ConfigDict()
@@ -32,9 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_kv_heads = 0  # grouped-query attention: KV heads (0: one per query head)
     config.model.tie_embeddings = False  # share the input embedding with the output head
     config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
-    # attention kernel: auto (splash on TPU, cudnn on GPU or triton when packed, xla on CPU),
-    # xla (reference, builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
-    config.model.attention = "auto"
+    # auto: splash on TPU, cudnn on GPU or triton when packed, xla on CPU; also xla (reference,
+    # builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
+    config.model.attention = "auto"  # attention kernel (the choices above)
     config.model.scan_layers = "auto"  # nnx.scan over stacked blocks: auto (on for GPU/TPU, off on CPU), on, off
 
     config.train = ml_collections.ConfigDict()
@@ -43,8 +44,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.tokens = 0  # run length as a token budget (0: unused)
     config.train.flops = 0.0  # run length as a training-FLOP budget, our FLOP count (0: unused)
     config.train.lr = 0.0  # peak learning rate (0: the width rule in ehr_jax.train.optim)
+    config.train.schedule = "cosine"  # cosine, or wsd: warmup-stable-decay (sweeps branch cooldowns)
     config.train.warmup_frac = 0.05  # fraction of steps with linear warmup
-    config.train.min_lr_ratio = 0.1  # cosine decays to this fraction of the peak at the last step
+    config.train.warmup_steps = 0  # warmup length in steps (0: warmup_frac of the steps)
+    config.train.min_lr_ratio = 0.1  # the rate decays to this fraction of the peak at the last step
+    config.train.cooldown_frac = 0.2  # wsd: the last fraction of steps cools down to the floor
+    config.train.cooldown_shape = "linear"  # wsd: linear or 1-sqrt (Hägele et al. 2024)
+    config.train.branch_from = ""  # run dir whose checkpoint at branch_step starts this run
+    config.train.branch_step = 0  # with branch_from: the step to start from (a wsd cooldown start)
+    config.train.keep_steps = ()  # checkpoint steps kept whatever keep_checkpoints says
     config.train.weight_decay = 0.1  # AdamW decoupled weight decay
     config.train.b2 = 0.95  # AdamW second-moment decay
     config.train.grad_clip = 1.0  # global gradient-norm clip
@@ -53,6 +61,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_tokens = 32768  # tuning-split tokens per validation loss (fixed windows)
     config.train.checkpoint_every = 100  # steps between Orbax checkpoints
     config.train.keep_checkpoints = 2  # checkpoints kept on disk
+    # Memory pre-flight: compile the step first and check it fits one device. auto: if not, pick
+    # remat and/or accumulation; check: stop naming what would fit; off: no pre-flight.
+    config.train.memory_fit = "auto"  # auto, check or off (ehr_jax/train/memory.py)
+    config.train.grad_accum_steps = 0  # micro-batches per step, same global batch and loss (0: auto)
+    config.train.device_memory_gib = 0.0  # one device's memory for the pre-flight (0: ask it; CPU has none)
     config.train.profile_steps = (0, 0)  # (first step, count) traced by jax.profiler into <run>/profile; (0, 0): off
 
     config.mesh = ml_collections.ConfigDict()

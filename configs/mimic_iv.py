@@ -29,6 +29,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.train.eval_every = 1000
     config.train.eval_tokens = 2**21
     config.train.checkpoint_every = 1000
+    # Cooldown branches (docs/TRAINING.md): one constant-rate run per size, each budget's point a
+    # branch cooling down over its last 20% of steps; `--dry_run` prints the FLOPs and H100-hours
+    # this saves against independent cosine runs.
+    config.train.schedule = "wsd"
+    config.train.cooldown_frac = 0.2
     config.grid = grid.default_grid()
     # 3e15..1e19 FLOPs; auto sizes put the 7 rungs around D = 20 N at each budget, which spans
     # about 1M to 1B parameters over the grid (the paper's range).

@@ -7,7 +7,9 @@ FLOP budgets x a few sizes), fits the scaling laws and writes plots and fit.json
 runs/quickstart/analysis. Kill it at any point and rerun the same command to finish the grid.
 Preset `:tiny` is a 2 x 2 grid without the analysis, for tests and kill-and-rerun checks.
 Preset `:eval` also scores every run on zero-shot in-hospital mortality (slower), so the
-analysis fits clinical utility against model size.
+analysis fits clinical utility against model size. Presets `:wsd_check` and `:wsd_check_cosine`
+train the same six points as cooldown branches and as independent cosine runs, to compare
+(`python -m ehr_jax.sweep.compare`).
 """
 
 import ml_collections
@@ -16,7 +18,7 @@ from ehr_jax import config_files
 from ehr_jax.errors import ConfigError
 from ehr_jax.sweep import grid
 
-PRESETS = ("", "tiny", "eval")  # values of the `:preset` suffix this file accepts
+PRESETS = ("", "tiny", "eval", "wsd_check", "wsd_check_cosine")  # values of the `:preset` suffix this file accepts
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -41,13 +43,26 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
                          ("d32-l1", "d48-l2", "d64-l2", "d96-l3"))
     config.grid.min_steps = 50
     config.grid.max_epochs = 10.0
+    config.grid.min_sizes = 4
     if preset == "tiny":
         config.data.synthetic_subjects = 200
         config.grid.budgets = (3e10, 1e11)
         config.grid.sizes = ("d16-l1", "d32-l1")
         config.grid.min_steps = 10
         config.grid.max_epochs = 50.0
+        config.grid.min_sizes = 0
         config.grid.analysis = False  # two sizes per budget: no parabola to fit
+    elif preset in ("wsd_check", "wsd_check_cosine"):
+        # Cooldown branches against independent cosine runs of the same (N, D) points:
+        #   python -m ehr_jax.main --config=configs/quickstart.py:wsd_check --workdir=runs/wsd
+        #   python -m ehr_jax.main --config=configs/quickstart.py:wsd_check_cosine \
+        #       --workdir=runs/wsd_cosine --config.data.prepared_dir=runs/wsd/prepared
+        #   python -m ehr_jax.sweep.compare --a=runs/wsd --b=runs/wsd_cosine
+        config.train.schedule = "wsd" if preset == "wsd_check" else "cosine"
+        config.grid.budgets = (3e11, 6e11)
+        config.grid.sizes = ("d24-l1", "d32-l1", "d48-l2")
+        config.grid.min_sizes = 0
+        config.grid.analysis = False
     elif preset == "eval":  # zero-shot mortality per run: about 20-30 s a run here (200 cases)
         config.eval.enabled = True
         config.eval.tasks = ("mortality",)

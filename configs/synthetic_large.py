@@ -23,8 +23,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_every = 1000
     config.train.eval_tokens = 2**21
     config.train.checkpoint_every = 1000
+    # Cooldown branches (docs/TRAINING.md): one constant-rate run per size, each budget's point a
+    # branch cooling down over its last 20% of steps; `--dry_run` prints the FLOPs and H100-hours
+    # this saves against independent cosine runs.
+    config.train.schedule = "wsd"
+    config.train.cooldown_frac = 0.2
     config.grid = grid.default_grid()
-    config.grid.budgets = (1e16, 3e16, 1e17, 3e17, 1e18)  # about 6 H100-hours in all
+    config.grid.budgets = (1e16, 3e16, 1e17, 3e17, 1e18)  # --dry_run prints the H100-hours
     config.grid.sizes_per_budget = 6
     config.grid.min_steps = 500
     config.grid.max_epochs = 4.0

@@ -52,6 +52,7 @@ def _assert_matches_reference(implementation_fn, qkv, segments, cotangent):
     (37, 8, True),
     (24, 64, True),  # one block shorter than the default
 ])
+@pytest.mark.slow
 def test_chunked_matches_reference_outputs_and_gradients(length, block, packed):
     qkv, segments, cotangent = _inputs(2, length, 4, 2, 8, packed=packed)
     fn = jax.jit(lambda q, k, v: A.chunked(q, k, v, segments, block=block))
@@ -71,6 +72,7 @@ def test_chunked_is_causal_and_keeps_segments_apart():
     assert not np.allclose(base[0, second], changed[0, second])
 
 
+@pytest.mark.slow
 def test_triton_kernel_matches_reference_under_a_mesh():
     """The Pallas GPU kernel (interpreted on CPU), run per device over batch and KV heads."""
     qkv, segments, cotangent = _inputs(4, 32, 4, 2, 16, packed=True)
@@ -83,6 +85,7 @@ def test_triton_kernel_matches_reference_under_a_mesh():
         _assert_matches_reference(fn, qkv, segments, cotangent)
 
 
+@pytest.mark.slow
 def test_splash_kernel_matches_reference():
     """The Pallas TPU splash kernel (interpreted on CPU), grouped-query, packed."""
     qkv, segments, cotangent = _inputs(1, 128, 2, 1, 16, packed=True)
@@ -91,6 +94,7 @@ def test_splash_kernel_matches_reference():
     _assert_matches_reference(fn, qkv, segments, cotangent)
 
 
+@pytest.mark.slow
 def test_pallas_kernel_falls_back_to_chunked_on_lengths_it_cannot_tile():
     qkv, _, cotangent = _inputs(1, 24, 2, 2, 8, packed=False)
     fn = jax.jit(lambda q, k, v: A.attention(q, k, v, implementation="splash"))

@@ -62,6 +62,7 @@ def _assert_same_output(local: Path, beam: Path) -> None:
         each.close()
 
 
+@pytest.mark.slow
 def test_beam_matches_local_even_when_every_bundle_runs_twice(tmp_path):
     meds_dir = _dataset(tmp_path / "meds")
     prep.prepare(meds_dir, tmp_path / "local", **SETTINGS)
@@ -79,12 +80,14 @@ def test_beam_matches_local_even_when_every_bundle_runs_twice(tmp_path):
     assert beam_prepare.prepare(str(meds_dir), str(tmp_path / "beam"), **SETTINGS, pipeline_args=["--bad"]) == manifest
 
 
+@pytest.mark.slow
 def test_beam_matches_local_on_a_meds_testing_helpers_dataset(generated_sample_MEDS, tmp_path):
     prep.prepare(generated_sample_MEDS, tmp_path / "local", **SETTINGS)
     beam_prepare.prepare(str(generated_sample_MEDS), str(tmp_path / "beam"), **SETTINGS, pipeline_args=TWO_WORKERS)
     _assert_same_output(tmp_path / "local", tmp_path / "beam")
 
 
+@pytest.mark.slow
 def test_beam_cli_refuses_a_subject_in_two_files_without_traceback(tmp_path):
     root = small_dataset(tmp_path / "meds")
     frame(patient(1, [(0, "A", None)])).write_parquet(root / "data/train/1.parquet")  # subject 1 is in 0.parquet too
@@ -102,6 +105,7 @@ def test_beam_reports_a_worker_data_error(tmp_path):
         beam_prepare.prepare(str(root), str(tmp_path / "beam"), **SETTINGS, pipeline_args=IN_PROCESS)
 
 
+@pytest.mark.slow
 def test_beam_synthetic_generator_writes_the_local_rows(tmp_path):
     """Same seed and size: the same rows in the same order, cut into per-group files."""
     import polars as pl

@@ -13,6 +13,8 @@ from ehr_jax.train import trainer
 
 import train_fixtures
 
+pytestmark = pytest.mark.slow  # every test here trains a model or starts processes
+
 STEPS = 12
 
 

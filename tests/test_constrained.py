@@ -57,6 +57,7 @@ def test_gradient_matches_finite_differences():
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise_seed", [0, 1, 2])
 def test_recovers_planted_law(noise_seed):
     """Acceptance: two dataset sizes, up to ~100 epochs, 0.3% noise: R*_D within 20%, exponents within 0.05."""
@@ -81,6 +82,7 @@ def test_exact_recovery_without_noise():
     assert fit.predict(1e7, 5e9, 1e8).value == pytest.approx(LAW.loss(1e7, 5e9, 1e8), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_repeats_as_good_as_new_put_r_star_on_its_bound():
     """Chinchilla's law with no repetition penalty, runs repeating up to 10 epochs: R*_D is unbounded."""
     rows = law_summaries(Law(), (1e15, 1e16, 1e17), sizes_per_budget=7, span_dex=1.2)
@@ -102,6 +104,7 @@ def test_no_repetition_or_no_dataset_size_is_a_clear_error():
         _fit(_points(rows))
 
 
+@pytest.mark.slow
 def test_planner_answers_for_a_dataset_and_a_budget():
     p = _points(constrained_summaries(LAW, CONSTRAINED_BUDGETS, CONSTRAINED_UNIQUE_TOKENS, noise=0.003, seed=4))
     fit = _fit(p, n_boot=30)
@@ -127,6 +130,7 @@ def test_planner_answers_for_a_dataset_and_a_budget():
     assert any("long extrapolation" in w for w in tiny.warnings)
 
 
+@pytest.mark.slow
 def test_report_on_two_datasets_with_seeds(tmp_path):
     """The two-dataset, multi-seed experiment end to end: fit.json, report.txt and the repetition figure."""
     path = tmp_path / "results.jsonl"

@@ -19,6 +19,8 @@ from ehr_jax.train import trainer
 
 import train_fixtures
 
+pytestmark = pytest.mark.slow  # every test here trains a model or starts processes
+
 STEPS = 8
 CHILD = os.path.join(train_fixtures.REPO, "tests", "train_child.py")
 

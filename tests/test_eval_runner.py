@@ -25,6 +25,8 @@ from ehr_jax.train import checkpoint, optim
 from tests import train_fixtures
 from tests.train_fixtures import base_config
 
+pytestmark = pytest.mark.slow  # every test here trains a model or starts processes
+
 FIELDS = {"auroc", "auroc_ci", "auprc", "auprc_ci", "brier", "brier_ci", "n_cases", "n_positive",
           "prevalence"}
 

@@ -39,6 +39,8 @@ def meds_frame() -> pl.DataFrame:
         (3, at(50), "HOSPITAL_ADMISSION//X"), (3, at(51.5), "HOSPITAL_DISCHARGE//HOME"),
         # 4: admission without a discharge: ambiguous, never a case
         (4, at(0), "HOSPITAL_ADMISSION//X"), (4, at(3), "LAB//1"),
+        # 5: dies on day 10 of a stay without any discharge row (ETLs that write none)
+        (6, at(0), "HOSPITAL_ADMISSION//X"), (6, at(4), "LAB//1"), (6, at(10), "MEDS_DEATH"),
     ]
     return pl.DataFrame(rows, schema=MEDS, orient="row")
 
@@ -51,7 +53,8 @@ def as_rows(labels: pl.DataFrame) -> list[tuple]:
 def test_mortality():
     labels = tasks.derive_labels("mortality", [meds_frame()])
     assert labels.schema == pl.Schema(tasks.LABEL_COLUMNS)
-    assert as_rows(labels) == [(1, 1.0, True), (2, 1.0, False), (2, 21.0, False), (3, 51.0, False)]
+    assert as_rows(labels) == [(1, 1.0, True), (2, 1.0, False), (2, 21.0, False), (3, 51.0, False),
+                               (6, 1.0, True)]  # a death without a discharge closes the stay
 
 
 def test_icu_admission_at_admission_excludes_stays_already_in_icu():
@@ -60,12 +63,12 @@ def test_icu_admission_at_admission_excludes_stays_already_in_icu():
          (5, at(4), "HOSPITAL_DISCHARGE//HOME")],
         schema=MEDS, orient="row")])
     assert as_rows(tasks.derive_labels("icu_admission", [frame])) == [
-        (1, 0.0, True), (2, 0.0, False), (2, 20.0, True), (3, 0.0, False), (3, 50.0, False)]
+        (1, 0.0, True), (2, 0.0, False), (2, 20.0, True), (3, 0.0, False), (3, 50.0, False), (6, 0.0, False)]
 
 
 def test_long_stay():
     assert as_rows(tasks.derive_labels("long_stay", [meds_frame()])) == [
-        (1, 1.0, True), (2, 1.0, False), (2, 21.0, False), (3, 51.0, False)]
+        (1, 1.0, True), (2, 1.0, False), (2, 21.0, False), (3, 51.0, False), (6, 1.0, True)]
 
 
 def test_readmission_excludes_in_hospital_deaths():
@@ -186,3 +189,21 @@ def test_labelled_subject_without_record():
     labels = pl.DataFrame({"subject_id": [5], "prediction_time": [T0], "boolean_value": [True]})
     with pytest.raises(DataError, match="no prepared record"):
         tasks.build_cases(labels, [record(1)], VOCAB, prompt_len=16)
+
+
+def test_prompt_states_the_age_at_the_prediction_time():
+    """Prefix [START, AGE//40-44] carries the birth time; a prediction 12 years after the first
+    event sees AGE//50-54 (band 10), as a training window starting then would."""
+    year = int(365.25 * 86_400)
+    first_age = 100  # id of AGE//0-4 in this made-up vocabulary
+    birth, first = 0, 42 * year
+    tokens = np.array([V["[TIMELINE_START]"], first_age + 8, V["HOSPITAL_ADMISSION"], V["LAB"], V["LAB"]], np.int32)
+    times = np.array([birth, birth, first, first + 12 * year, first + 13 * year], np.int64)
+    rec = PatientRecord(1, tokens, times, 2)
+    when = dt.datetime.fromtimestamp(first + 12 * year, dt.UTC).replace(tzinfo=None)
+    labels = pl.DataFrame({"subject_id": [1], "prediction_time": [when], "boolean_value": [True]})
+    vocab = VOCAB + [f"X{i}" for i in range(200)]
+    (prompt,) = tasks.build_cases(labels, [rec], vocab, prompt_len=8, first_age=first_age).prompts
+    assert prompt.tolist() == [V["[TIMELINE_START]"], first_age + 10, V["HOSPITAL_ADMISSION"], V["LAB"]]
+    (unchanged,) = tasks.build_cases(labels, [rec], vocab, prompt_len=8).prompts  # older prepared dirs
+    assert unchanged[1] == first_age + 8

@@ -111,6 +111,7 @@ def test_local_stops_the_others_when_one_process_fails(fakes, tmp_path):
     assert done.returncode == 3
 
 
+@pytest.mark.slow
 def test_local_two_processes_really_form_one_jax_cluster(fakes, tmp_path):
     """The localhost path end to end: the env local.sh sets is what ehr_jax.parallel reads."""
     env, _ = fakes

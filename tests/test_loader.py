@@ -125,6 +125,7 @@ def test_order_is_seeded_and_reshuffled_each_epoch(prepared):
     assert sorted(map(tuple, first)) == sorted(map(tuple, second))  # same windows, new order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_resume_from_state_matches_uninterrupted_run(prepared, num_workers):
     def make():
@@ -222,3 +223,29 @@ def test_set_state_rejects_a_malformed_state(prepared):
                                    process_index=0, process_count=1)
     with pytest.raises(ConfigError, match="step"):
         iterator.set_state({**iterator.get_state(), "step": None})
+
+
+def test_late_windows_restate_the_age_at_their_start(tmp_path):
+    """Prepared dirs whose prefix carries the birth time (tokenizer version 2): a continuation
+    window years after the first event states the age of its own first token."""
+    from ehr_jax.data import tokenize
+
+    year = int(365.25 * 86_400)
+    first_age = tokenize.first_age_id({"tokenizer_version": 2, "settings": {"num_quantiles": 10}})
+    age_40 = first_age + 8  # AGE//40-44
+    birth = 0
+    timed = 100
+    tokens = np.r_[[2, 500, age_40], np.full(timed, 600)].astype(np.int32)
+    times = np.r_[[birth] * 3, 42 * year + np.arange(timed) * year // 4].astype(np.int64)  # 25 years of events
+    record = shards.PatientRecord(0, tokens, times, 3)
+    _write_prepared(tmp_path, {"train": [record]})
+    manifest = json.loads((tmp_path / shards.MANIFEST).read_text())
+    rundir.write_json_atomic(tmp_path / shards.MANIFEST, {**manifest, "tokenizer_version": 2,
+                                                          "settings": {"num_quantiles": 10}})
+    batch = loader.eval_batches(str(tmp_path), "train", seq_len=SEQ_LEN, batch_size=32, max_tokens=0)[0]
+    windows = [row for row in batch["tokens"] if row.any()]
+    assert len(windows) > 3 and windows[0][2] == age_40  # the first window: age at the first event
+    layout = loader._layout_windows(shards.read_index(str(tmp_path), "train"), SEQ_LEN)
+    for row, start in zip(windows[1:], layout["body_start"][1:]):
+        assert row[2] == first_age + int(tokenize.age_band(times[start] - birth))
+    assert windows[-1][2] > age_40 + 3  # 20+ years later: four bands on

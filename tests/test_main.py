@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import train_fixtures
 
 
@@ -14,6 +16,7 @@ def _main(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_main_trains_two_steps_end_to_end_on_synthetic_data(tmp_path):
     result = _main("--config=configs/smoke.py", f"--workdir={tmp_path}",
                    "--config.train.steps=2", "--config.train.checkpoint_every=1",
@@ -27,6 +30,7 @@ def test_main_trains_two_steps_end_to_end_on_synthetic_data(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model"]["size"] == "d32-l1"
 
 
+@pytest.mark.slow
 def test_user_error_prints_message_without_traceback(tmp_path):
     result = _main("--config=configs/smoke.py", f"--workdir={tmp_path}",
                    "--config.model.size=d7-l99", timeout=120)

@@ -27,7 +27,7 @@ def test_split_dir_layout_yields_canonical_sorted_frames(tmp_path):
     assert meds.provenance(ds) == {"etl_name": "test_fixture", "etl_version": "1.0", "meds_version": "0.4.1"}
     (train,) = _frames(ds, "train")
     assert dict(train.schema) == {"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String,
-                                  "numeric_value": pl.Float32}
+                                  "numeric_value": pl.Float32, "text_value": pl.String}
     assert train["subject_id"].is_sorted()
     assert train["subject_id"].n_unique() == 6
 
@@ -52,8 +52,9 @@ def test_missing_numeric_value_column_and_extra_columns_are_accepted(tmp_path):
     df = df.with_columns(text_value=pl.lit("x"), extra=pl.lit(3))
     ds = meds.open_dataset(write_meds(tmp_path, {"train": df}))
     (train,) = _frames(ds, "train")
-    assert train.columns == ["subject_id", "time", "code", "numeric_value"]
+    assert train.columns == ["subject_id", "time", "code", "numeric_value", "text_value"]
     assert train["numeric_value"].null_count() == train.height
+    assert set(train["text_value"].to_list()) == {"x"}  # kept for text-value tokens
 
 
 def test_compatible_types_are_cast_to_the_contract(tmp_path):
@@ -62,7 +63,7 @@ def test_compatible_types_are_cast_to_the_contract(tmp_path):
         pl.col("time").dt.cast_time_unit("ns"), pl.col("numeric_value").cast(pl.Float64))
     (train,) = _frames(meds.open_dataset(write_meds(tmp_path, {"train": df})), "train")
     assert dict(train.schema) == {"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String,
-                                  "numeric_value": pl.Float32}
+                                  "numeric_value": pl.Float32, "text_value": pl.String}
     assert train["code"].to_list() == ["GENDER//F", "MEDS_BIRTH", "A", "B"]
 
 

@@ -14,6 +14,7 @@ def test_notebooks_exist():
     assert NOTEBOOKS, "analysis/notebooks/*.ipynb missing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_executes_and_draws_every_plot(path, tmp_path, monkeypatch):
     monkeypatch.setenv("ANALYSIS_N_BOOT", "100")  # the kernel inherits the environment: keep it quick

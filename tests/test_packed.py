@@ -3,6 +3,7 @@
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from ehr_jax import parallel
 from ehr_jax.model import init as model_init
@@ -27,6 +28,7 @@ def _batch(seed):
             "mask": np.ones((BATCH, SEQ), np.float32)}
 
 
+@pytest.mark.slow
 def test_packed_step_equals_each_runs_own_step():
     model_cfg, mesh, tx = _setup()
     graphdef, shardings, create = model_init.make_init(model_cfg, mesh, tx)

@@ -61,6 +61,7 @@ def _params(state):
     return nnx.to_flat_state(state[0])
 
 
+@pytest.mark.slow
 def test_trainer_init_shards_every_parameter_by_the_rules():
     """Mesh (1, 4, 2): each parameter's sharding is its logical axes under the rule table, and
     every matrix is split 8 ways (MaxText's sufficiently-sharded check)."""
@@ -84,6 +85,7 @@ def test_trainer_init_shards_every_parameter_by_the_rules():
     assert mu_wq.sharding.spec == jax.P("fsdp", "tensor", None)
 
 
+@pytest.mark.slow
 def test_uneven_dimensions_are_replicated_and_logged(caplog):
     mesh = parallel.make_mesh((1, 4, 2))
     with caplog.at_level("WARNING"):
@@ -98,6 +100,7 @@ def test_uneven_dimensions_are_replicated_and_logged(caplog):
     assert wq.sharding.spec == jax.P(None, None, None)
 
 
+@pytest.mark.slow
 def test_sharded_forward_matches_single_device():
     cfg = T.model_config(ml_collections.ConfigDict(dict(size="d64-l2", n_kv_heads=2)), VOCAB, 16)
     tokens = jax.random.randint(jax.random.key(0), (8, 16), 0, VOCAB)

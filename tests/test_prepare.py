@@ -83,6 +83,7 @@ def test_prepare_is_deterministic(tmp_path):
     assert _shard_digests(tmp_path / "a") == _shard_digests(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_bins_are_identical_in_a_fresh_process(tmp_path):
     """Reservoir subsampling (more values than RESERVOIR_SIZE) must not depend on process state."""
     rng = np.random.default_rng(0)
@@ -191,6 +192,7 @@ def test_ensure_prepared_uses_configured_dirs(tmp_path):
     assert prepared == str(tmp_path / "elsewhere") and (tmp_path / "elsewhere" / shards.MANIFEST).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["ehr_jax.data.prepare", "ehr_jax.prepare"])  # new and old
 def test_cli_prepares_and_reports_errors_without_traceback(tmp_path, module):
     meds_dir = small_dataset(tmp_path / "meds")

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from flax import nnx
 from scipy import special
 
@@ -42,6 +43,7 @@ def test_single_class_cannot_be_fitted():
     assert probe.fit(np.zeros((5, 2)), np.ones(5, bool)) is None
 
 
+@pytest.mark.slow
 def test_representer_reads_the_last_real_token():
     cfg = transformer.model_config(ml_collections.ConfigDict({"size": "d32-l1", "dtype": "float32"}), 17, 16)
     model = transformer.Transformer(cfg, rngs=nnx.Rngs(0))

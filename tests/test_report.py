@@ -20,6 +20,7 @@ def _cli(*args):
                           cwd=os.path.dirname(os.path.dirname(results.__file__)), timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_on_example_writes_everything(tmp_path):
     out = tmp_path / "analysis"
     proc = _cli(f"--results={EXAMPLE}", f"--out={out}", "--unique_tokens=1e6,4e6", *FAST)
@@ -59,6 +60,7 @@ def test_total_n_and_6nd_are_selectable():
     assert (s.dataset.points.c != s.dataset.points.budget).any()  # 6ND varies inside an IsoFLOP group
 
 
+@pytest.mark.slow
 def test_cli_names_file_and_line_of_malformed_input(tmp_path):
     path = tmp_path / "results.jsonl"
     lines = [json.dumps(r) for r in law_summaries(Law(), (1e15, 1e16), sizes_per_budget=3)]
@@ -115,6 +117,7 @@ def test_failed_and_duplicate_runs_are_counted(tmp_path):
     assert len(dataset.points) == 15
 
 
+@pytest.mark.slow
 def test_main_report_is_the_sweeps_hook(tmp_path, capsys):
     """ehr_jax.sweep calls report.main_report(results, out_dir) after the last run."""
     rows = law_summaries(Law(), (1e15, 1e16, 1e17), sizes_per_budget=5, noise=0.002)

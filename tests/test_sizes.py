@@ -36,6 +36,7 @@ def test_n_params_equals_parameter_tree(size, n_kv_heads, tie):
     assert _param_counts(cfg) == expected
 
 
+@pytest.mark.slow
 def test_n_params_whole_ladder_default_options():
     for name in sizes.LADDER:
         cfg = _config(name, 1000, 128)
@@ -53,6 +54,7 @@ def _xla_flops(cfg: T.ModelConfig, batch: int, *, grad: bool) -> float:
     return jax.jit(fn).lower(state, tokens).compile().cost_analysis()["flops"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_kv_heads", [0, 2])
 def test_flops_agree_with_xla_cost_analysis(n_kv_heads):
     """XLA counts attention in full (both triangles) and elementwise ops: add the one, allow ~3%."""

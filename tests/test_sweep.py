@@ -1,6 +1,7 @@
 """Sweep contracts with a fake trainer: grid expansion, names, skip-finished, failures, exactly-once."""
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -28,13 +29,15 @@ def _config(**grid_overrides) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         {"size": "d64-l2", "n_kv_heads": 0, "tie_embeddings": False})
     config.train = ml_collections.ConfigDict(
-        {"global_batch_size": 4, "steps": 200, "tokens": 0, "flops": 0.0})
+        {"global_batch_size": 4, "steps": 200, "tokens": 0, "flops": 0.0, "schedule": "cosine",
+         "warmup_frac": 0.05, "warmup_steps": 0, "cooldown_frac": 0.2})
     config.eval = ml_collections.ConfigDict({"enabled": False})
     config.grid = grid.default_grid()
     config.grid.budgets = (1e11, 3e11)
     config.grid.sizes = ("d32-l1", "d48-l2")
     config.grid.min_steps = 10
     config.grid.max_epochs = 100.0
+    config.grid.min_sizes = 0
     config.grid.analysis = False
     config.grid.compilation_cache = False
     for key, value in grid_overrides.items():
@@ -57,11 +60,21 @@ class FakeTrainer:
 
     def __init__(self, fail=(), die_after_summary=()):
         self.calls, self.fail, self.die_after_summary = [], set(fail), set(die_after_summary)
+        self.configs = {}
 
     def __call__(self, cfg, run_dir, prepared_dir):
         name = os.path.basename(run_dir)
         self.calls.append(name)
+        self.configs[name] = cfg
+        if name.startswith("stable-"):  # a wsd stable run: no grid point, a step count
+            if name in self.fail:
+                raise RuntimeError(f"boom in {name}")
+            os.makedirs(run_dir, exist_ok=True)
+            with open(os.path.join(run_dir, "summary.json"), "w") as handle:
+                json.dump({"run_name": name, "steps": cfg.train.steps}, handle)
+            return {}
         assert cfg.train.flops == cfg.grid_point.budget and cfg.model.size == cfg.grid_point.size
+        assert cfg.seed == cfg.grid_point.seed
         # Both data dirs pinned: a run must not generate synthetic data into its own run dir.
         assert cfg.data.meds_dir == os.path.join(os.path.dirname(os.path.dirname(run_dir)), "meds")
         assert cfg.data.prepared_dir.startswith("/") and cfg.data.prepared_dir == prepared_dir
@@ -69,7 +82,7 @@ class FakeTrainer:
             raise RuntimeError(f"boom in {name}")
         os.makedirs(run_dir, exist_ok=True)
         summary = {"run_name": name, "val_loss": 1.0, "flops": cfg.train.flops,
-                   "grid_point": cfg.grid_point.to_dict()}
+                   "seed": cfg.seed, "grid_point": cfg.grid_point.to_dict()}
         with open(os.path.join(run_dir, "summary.json"), "w") as handle:
             json.dump(summary, handle)
         if name in self.die_after_summary:
@@ -106,7 +119,7 @@ def test_per_budget_and_auto_sizes():
     per_budget = _config(sizes=(("d32-l1",), ("d48-l2", "d64-l2")))
     names = [r.name for r in grid.expand(per_budget, vocab_size=VOCAB, train_tokens=1)]
     assert names == ["c1e11-d32-l1", "c3e11-d48-l2", "c3e11-d64-l2"]
-    auto = _config(sizes=(), budgets=(1e12, 1e15), sizes_per_budget=3)
+    auto = _config(sizes=(), budgets=(1e12, 1e15), sizes_per_budget=3, max_epochs=0.0)
     runs = grid.expand(auto, vocab_size=VOCAB, train_tokens=1)
     small, large = [r.n_params for r in runs[:3]], [r.n_params for r in runs[3:]]
     assert len(runs) == 6 and max(small) < min(large)  # auto sizes grow with the budget
@@ -132,7 +145,7 @@ def test_run_config_is_a_single_run_with_its_grid_point():
     cfg = grid.run_config(_config(), point, "/abs/prepared")
     assert "grid" not in cfg and cfg.model.size == "d48-l2"
     assert (cfg.train.steps, cfg.train.tokens, cfg.train.flops) == (0, 0, 1e11)
-    assert cfg.grid_point.to_dict() == {"budget": 1e11, "size": "d48-l2"}
+    assert cfg.grid_point.to_dict() == {"budget": 1e11, "size": "d48-l2", "seed": 0}
     assert cfg.data.prepared_dir == "/abs/prepared"
 
 
@@ -243,6 +256,7 @@ def test_only_runs_the_named_runs(tmp_path):
         _run(_config(only="c9e9-d32-l1"), tmp_path, trainer)
 
 
+@pytest.mark.slow
 def test_dry_run_commands_round_trip_through_config_flags(tmp_path, capsys):
     config = _config(dry_run=True)
     points = [p for p in grid.expand(config, vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)]
@@ -295,6 +309,7 @@ def test_compilation_cache_lives_in_the_sweep_dir(tmp_path, monkeypatch):
     assert updates["jax_compilation_cache_dir"] == str(tmp_path / "jax_cache")
 
 
+@pytest.mark.slow
 def test_main_dry_run_prints_one_command_per_run(tmp_path):
     """`--dry_run` through the real entry point: data prepared once, nothing trained."""
     workdir = tmp_path / "sweep"
@@ -318,3 +333,178 @@ def test_eta_separates_per_run_overhead_from_compute():
     assert loop._eta_seconds(timings, [6e11, 6e11]) == pytest.approx(2 * seconds(6e11))
     assert loop._eta_seconds(timings[:1], [6e10]) == pytest.approx(seconds(6e10))
     assert loop._eta_seconds([], [6e10]) is None
+
+
+def test_seeds_are_a_grid_axis_and_one_seed_keeps_todays_names():
+    one = grid.expand(_config(budgets=(1e11,)), vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)
+    assert [r.name for r in one] == ["c1e11-d32-l1", "c1e11-d48-l2"]
+    assert {r.seed for r in one} == {0}
+    three = grid.expand(_config(budgets=(1e11,), seeds=(0, 1, 2)), vocab_size=VOCAB,
+                        train_tokens=TRAIN_TOKENS)
+    assert [r.name for r in three][:3] == ["c1e11-d32-l1-s0", "c1e11-d32-l1-s1",
+                                           "c1e11-d32-l1-s2"]
+    cfg = grid.run_config(_config(), three[2], "/abs/prepared")
+    assert cfg.seed == 2 and cfg.grid_point.seed == 2
+    for bad in ((), (1, 1), (-1,)):
+        with pytest.raises(ConfigError, match="config.grid.seeds"):
+            grid.expand(_config(seeds=bad), vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)
+
+
+def test_seeded_sweep_keeps_one_results_line_per_seed(tmp_path):
+    trainer = FakeTrainer()
+    _run(_config(budgets=(1e11,), seeds=(0, 1)), tmp_path, trainer)
+    lines = registry.read_results(str(tmp_path))
+    assert sorted((line["run_name"], line["seed"], line["grid_point"]["seed"]) for line in lines) \
+        == [("c1e11-d32-l1-s0", 0, 0), ("c1e11-d32-l1-s1", 1, 1), ("c1e11-d48-l2-s0", 0, 0),
+            ("c1e11-d48-l2-s1", 1, 1)]
+
+
+def _wsd(**grid_overrides):
+    config = _config(**grid_overrides)
+    config.train.schedule = "wsd"
+    config.train.cooldown_frac = 0.2
+    config.train.warmup_frac = 0.05
+    config.data.seq_len = 64
+    return config
+
+
+def test_wsd_points_branch_from_one_stable_run_per_size_and_seed():
+    config = _wsd(budgets=(1e11, 2e11, 4e11), seeds=(0, 1))
+    points, stables = grid.branches(config, grid.expand(config, vocab_size=VOCAB,
+                                                        train_tokens=TRAIN_TOKENS))
+    assert [s.name for s in stables] == ["stable-d32-l1-s0", "stable-d48-l2-s0",
+                                         "stable-d32-l1-s1", "stable-d48-l2-s1"]
+    for stable in stables:
+        family = [p for p in points if p.stable == stable.name]
+        assert len(family) == 3 and {p.seed for p in family} == {stable.seed}
+        starts = [round(p.steps * 0.8) for p in family]
+        assert [p.branch_step for p in family] == starts
+        assert stable.steps == max(starts) and stable.keep_steps == tuple(sorted(starts))
+        assert {p.warmup_steps for p in family} == {stable.warmup_steps}
+        assert stable.warmup_steps == round(0.05 * min(p.steps for p in family))
+        for p in family:  # a branch costs its cooldown
+            assert p.cost == pytest.approx(p.budget * (p.steps - p.branch_step) / p.steps,
+                                           rel=1e-3)
+    total = sum(s.cost for s in stables) + sum(p.cost for p in points)
+    assert total == pytest.approx(4 * (0.8 * 4e11 + 0.2 * 7e11), rel=0.01)  # vs 4 * 7e11
+    cosine = _config(budgets=(1e11, 2e11))
+    same, none = grid.branches(cosine, grid.expand(cosine, vocab_size=VOCAB, train_tokens=1))
+    assert none == [] and all(not p.stable for p in same)
+    config.train.cooldown_frac = 0.0
+    with pytest.raises(ConfigError, match="train.cooldown_frac"):
+        grid.branches(config, points)
+
+
+def test_wsd_sweep_trains_stable_runs_then_branches_and_resumes(tmp_path):
+    config = _wsd(budgets=(1e11, 2e11))
+    trainer = FakeTrainer()
+    _run(config, tmp_path, trainer)
+    assert trainer.calls == ["stable-d32-l1", "c1e11-d32-l1", "c2e11-d32-l1",
+                             "stable-d48-l2", "c1e11-d48-l2", "c2e11-d48-l2"]
+    stable = trainer.configs["stable-d32-l1"]
+    branch = trainer.configs["c1e11-d32-l1"]
+    assert "grid_point" not in stable and stable.train.cooldown_frac == 0.0
+    assert stable.train.schedule == branch.train.schedule == "wsd"
+    assert stable.train.warmup_steps == branch.train.warmup_steps > 0
+    assert branch.train.branch_from == str(tmp_path / "runs" / "stable-d32-l1")
+    assert branch.train.branch_step in stable.train.keep_steps
+    assert max(stable.train.keep_steps) == stable.train.steps
+    assert sorted(_result_names(tmp_path)) == sorted(n for n in trainer.calls
+                                                     if not n.startswith("stable"))
+    rerun = FakeTrainer()
+    _run(config, tmp_path, rerun)
+    assert rerun.calls == []
+    # A larger budget: the stable runs continue (from their last checkpoint) to the new step.
+    grown = FakeTrainer()
+    _run(_wsd(budgets=(1e11, 2e11, 4e11)), tmp_path, grown)
+    assert grown.calls == ["stable-d32-l1", "c4e11-d32-l1", "stable-d48-l2", "c4e11-d48-l2"]
+    assert grown.configs["stable-d32-l1"].train.steps > stable.train.steps
+    assert len(_result_names(tmp_path)) == 6
+
+
+def test_a_failed_stable_run_fails_its_branches_only(tmp_path):
+    with pytest.raises(sweep.SweepFailed, match="c1e11-d32-l1"):
+        _run(_wsd(budgets=(1e11,)), tmp_path, FakeTrainer(fail={"stable-d32-l1"}))
+    assert _result_names(tmp_path) == ["c1e11-d48-l2"]
+    failures = [json.loads(line)["run_name"]
+                for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert failures == ["stable-d32-l1", "c1e11-d32-l1"]
+    retry = FakeTrainer()
+    _run(_wsd(budgets=(1e11,)), tmp_path, retry)
+    assert retry.calls == ["stable-d32-l1", "c1e11-d32-l1"]
+
+
+def test_wsd_only_and_dry_run_order_stable_runs_first(tmp_path):
+    trainer = FakeTrainer()
+    _run(_wsd(only="c3e11-d48-l2"), tmp_path, trainer)
+    assert trainer.calls == ["stable-d48-l2", "c3e11-d48-l2"]
+    outcome = _run(_wsd(dry_run=True), tmp_path, FakeTrainer(),
+                   command_line=("configs/quickstart.py", {}))
+    names = [c.split("--config.grid.only=")[1] for c in outcome["commands"]]
+    assert names == ["stable-d32-l1", "stable-d48-l2", "c1e11-d32-l1", "c1e11-d48-l2",
+                     "c3e11-d32-l1", "c3e11-d48-l2"]
+
+
+def _auto(**overrides):
+    config = _config(sizes=(), sizes_per_budget=5, max_epochs=20.0, min_steps=50, **overrides)
+    return config
+
+
+def _kept_by_budget(runs):
+    out = {}
+    for r in runs:
+        out.setdefault(r.budget, []).append(r)
+    return {c: [r.size for r in rs if not r.skip_reason] for c, rs in out.items()}
+
+
+def test_auto_sizes_surround_the_expected_optimum_or_the_budget_is_left_out():
+    ladder = list(sizes.LADDER)
+    runs = grid.expand(_auto(budgets=(1e13, 1e14)), vocab_size=VOCAB, train_tokens=10**9)
+    for budget, kept in _kept_by_budget(runs).items():
+        expected = next(r.expected for r in runs if r.budget == budget)
+        positions = [ladder.index(n) for n in kept]
+        assert len(kept) == 5 and positions == list(range(positions[0], positions[0] + 5))
+        assert positions[2] == ladder.index(expected)  # centred: two on each side
+        ratio = {r.size: r.tokens / r.n_params for r in runs if r.budget == budget}
+        assert abs(math.log(ratio[expected] / 20)) < abs(math.log(ratio[kept[1]] / 20))
+    # 2e5 train tokens: at 1e14 the D = 20 N optimum would pass over the data far more than 20
+    # times; the whole budget is left out, saying why.
+    runs = grid.expand(_auto(budgets=(1e11, 1e14)), vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)
+    kept = _kept_by_budget(runs)
+    assert len(kept[1e11]) == 5 and kept[1e14] == []
+    reasons = {r.skip_reason for r in runs if r.budget == 1e14}
+    assert any("expected optimum" in r and "max_epochs" in r for r in reasons)
+
+
+def test_a_fitted_law_places_the_sizes(tmp_path):
+    fit = {"settings": {"n_key": "total", "flops_key": "flops"},
+           "isoflop": {"n_opt": {"k": {"value": 1.0}, "a": {"value": 0.5}}}}
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(fit))
+    runs = grid.expand(_auto(budgets=(1e13,), optimum_law=str(path)), vocab_size=VOCAB,
+                       train_tokens=10**9)
+    expected = {r.expected for r in runs}.pop()
+    n = {r.size: r.n_params for r in runs}
+    closest = min(sizes.LADDER, key=lambda name: abs(math.log(
+        sizes.n_params(sizes.get_size(name), VOCAB)[0] / math.sqrt(1e13))))
+    assert expected == closest and n[expected] > 0
+    with pytest.raises(ConfigError, match="config.grid.optimum_law"):
+        grid.expand(_auto(budgets=(1e13,), optimum_law=str(tmp_path / "none.json")),
+                    vocab_size=VOCAB, train_tokens=10**9)
+
+
+def test_named_sizes_need_min_sizes_kept_per_budget():
+    config = _config(sizes=("d16-l1", "d24-l1", "d32-l1", "d48-l2", "d64-l2"), budgets=(1e11,),
+                     min_sizes=5, min_steps=1000)  # the larger sizes get too few steps
+    runs = grid.expand(config, vocab_size=VOCAB, train_tokens=TRAIN_TOKENS)
+    assert all(r.skip_reason for r in runs)
+    assert any("config.grid.min_sizes=5" in r.skip_reason for r in runs)
+
+
+def test_dry_run_prints_sizes_per_budget_and_wsd_savings(tmp_path, capsys):
+    config = _wsd(budgets=(1e11, 3e11), dry_run=True)
+    _run(config, tmp_path, FakeTrainer(), command_line=("configs/quickstart.py", {}))
+    out = capsys.readouterr().out
+    assert "C=1e+11: 2 sizes kept: [d32-l1] d48-l2; expected optimum d32-l1 has 0 kept sizes" in out
+    assert "wsd cooldown branches from 2 stable runs" in out and "H100-hours" in out
+    assert "40% MFU" in out

@@ -216,6 +216,7 @@ def test_bad_arguments_and_existing_output(tmp_path):
     assert synthetic.generate(tmp_path / "y", 12, overwrite=True)["subjects"] == 12
 
 
+@pytest.mark.slow
 def test_cli_writes_dataset(tmp_path):
     out = tmp_path / "cli"
     command = [sys.executable, "-m", "ehr_jax.synthetic", f"--out={out}", "--num_subjects=20", "--seed=1"]

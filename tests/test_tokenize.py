@@ -85,9 +85,18 @@ def test_prefix_age_and_times():
     first, second = list(tok.encode_frame(frame(rows)).records())
     assert _strings(tok, first) == ["[TIMELINE_START]", "GENDER", "GENDER//F", "AGE//40-44", "A", "TIME//1h", "B"]
     assert first.n_prefix == 4 and first.subject_id == 7
-    t0 = int(frame(rows)["time"].drop_nulls()[1].timestamp())  # first timed event after birth
-    assert first.times.tolist() == [t0] * 5 + [t0 + 3600] * 2  # interval token carries the next event's time
+    birth, t0 = (int(t.timestamp()) for t in frame(rows)["time"].drop_nulls()[:2])
+    # The static prefix carries the birth time; an interval token the next event's time.
+    assert first.times.tolist() == [birth] * 4 + [t0] + [t0 + 3600] * 2
     assert _strings(tok, second) == ["[TIMELINE_START]", "AGE//unknown", "A"] and second.n_prefix == 2
+    assert second.times.tolist() == [t0] * 3  # no birth: the prefix takes the first event's time
+    first_age = tokenize.first_age_id({"tokenizer_version": tokenize.TOKENIZER_VERSION,
+                                       "settings": {"num_quantiles": 10}})
+    assert tok.tokens[first_age] == "AGE//0-4"
+    ten_years_on = t0 + int(10 * 365.25 * 86_400)
+    restated = tokenize.restate_age(first.tokens, first.times, first.n_prefix, ten_years_on, first_age)
+    assert tok.tokens[restated] == "AGE//50-54"  # 42.5 + 10 years
+    assert tokenize.restate_age(second.tokens, second.times, 2, ten_years_on, first_age) == second.tokens[1]
 
 
 def test_subjects_without_timed_events_are_dropped_and_counted():
@@ -213,6 +222,8 @@ def reference_encode(tok, frame: pl.DataFrame) -> list[tuple[int, list[int], lis
             tokens += row_tokens
             times += [_seconds(time if time is not None else first)] * len(row_tokens)
             previous = time if time is not None else previous
+        # The static prefix carries the birth time (the first event's when later or unknown).
+        times[:n_prefix] = [_seconds(min(birth, first)) if birth else _seconds(first)] * n_prefix
         out.append((subject, tokens, times, n_prefix))
     return out
 
@@ -244,3 +255,35 @@ def test_vectorised_encoder_equals_the_per_row_reference(seed):
     encoded = tok.encode_frame(held_out)
     got = [(r.subject_id, r.tokens.tolist(), r.times.tolist(), r.n_prefix) for r in encoded.records()]
     assert got == reference_encode(tok, held_out)
+
+
+def _with_text(rows: list[tuple], texts: dict[str, list]) -> pl.DataFrame:
+    """frame(rows) plus a text_value column: texts[code] gives the values of code's rows in order."""
+    queues = {code: list(values) for code, values in texts.items()}
+    column = [queues[r[2]].pop(0) if r[2] in queues else None for r in rows]
+    return frame(rows).with_columns(text_value=pl.Series(column, dtype=pl.String))
+
+
+def test_low_cardinality_text_values_become_tokens_fitted_on_train():
+    """URINE//COLOR (2 values) gets TXT// tokens; NOTE (12 values > 8) and a numeric row's text
+    do not; a value seen only outside train is [UNK]; max_text_values=0 turns it off."""
+    events = ([(i, "URINE//COLOR", None) for i in range(5)] + [(10 + i, "NOTE", None) for i in range(12)]
+              + [(30, "LAB//X", 7.4)])
+    rows = patient(1, events)
+    train = _with_text(rows, {"URINE//COLOR": ["YELLOW"] * 3 + ["RED"] * 2,
+                              "NOTE": [f"free text {i}" for i in range(12)], "LAB//X": ["7.4"]})
+    tok = vocab.fit([train], min_code_count=1, num_quantiles=10, max_text_values=8)
+    assert tok.text_codes == {"URINE//COLOR"}
+    assert {t for t in tok.tokens if t.startswith("TXT//")} == {"TXT//YELLOW", "TXT//RED"}
+    (record,) = tok.encode_frame(train).records()
+    strings = _strings(tok, record)
+    assert strings.count("TXT//YELLOW") == 3 and strings.count("TXT//RED") == 2
+    assert strings[-2:] == ["LAB//X", "Q//10"]  # the number gets its bin, its text nothing
+    held_out = _with_text(patient(2, [(0, "URINE//COLOR", None), (1, "URINE//COLOR", None), (2, "NOTE", None)]),
+                          {"URINE//COLOR": ["BLUE", "RED"], "NOTE": ["free text 0"]})
+    (record,) = tok.encode_frame(held_out).records()
+    assert _strings(tok, record)[record.n_prefix:] == [
+        "URINE", "URINE//COLOR", "[UNK]", "URINE", "URINE//COLOR", "TXT//RED", "NOTE"]
+    off = vocab.fit([train], min_code_count=1, num_quantiles=10, max_text_values=0)
+    assert not off.text_codes and not any(t.startswith("TXT//") for t in off.tokens)
+    assert tokenize.Tokenizer.from_json(tok.to_json()).text_codes == tok.text_codes

@@ -24,6 +24,7 @@ def _model(size="d64-l2", seq_len=16, seed=0, **model) -> T.Transformer:
 forward = nnx.jit(lambda model, *inputs: model(*inputs))
 
 
+@pytest.mark.slow
 def test_forward_shapes_and_dtypes():
     model = _model(dtype="bfloat16", n_kv_heads=2)
     tokens = jnp.arange(24, dtype=jnp.int32).reshape(2, 12)
@@ -37,6 +38,7 @@ def test_forward_shapes_and_dtypes():
     assert not np.allclose(logits, reference)  # bf16 really ran
 
 
+@pytest.mark.slow
 def test_causality_through_gradients():
     """d logits[t] / d embedding(token at s) is zero for s > t and non-zero for s <= t."""
     model = _model(n_kv_heads=2)
@@ -53,6 +55,7 @@ def test_causality_through_gradients():
     assert np.all(row_norms[: t + 1] > 0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["xla", "chunked"])
 def test_packed_segments_are_isolated_and_restart_positions(attention):
     """Segment 2's loss has zero gradient w.r.t. segment 1's tokens, and its logits equal those
@@ -77,6 +80,7 @@ def test_packed_segments_are_isolated_and_restart_positions(attention):
     np.testing.assert_allclose(packed, alone, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_future_tokens_do_not_change_past_logits():
     model = _model()
     tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, VOCAB)
@@ -109,6 +113,7 @@ def _full_forward_logits(model, sequences, positions):
     return np.stack([np.asarray(logits[row, pos]) for row, pos in enumerate(positions)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_kv_heads,scan_layers", [(0, "off"), (2, "off"), (2, "on")])
 def test_kv_cache_matches_full_forward_with_left_padding(n_kv_heads, scan_layers):
     model = _model(n_kv_heads=n_kv_heads, scan_layers=scan_layers)
@@ -139,6 +144,7 @@ def test_kv_cache_matches_full_forward_with_left_padding(n_kv_heads, scan_layers
     np.testing.assert_array_equal(cache.pos_B, lengths + new - 1)
 
 
+@pytest.mark.slow
 def test_decode_loop_under_scan():
     """A greedy rollout as one jitted lax.scan picks the full forward pass's argmax each step."""
     model = _model()
@@ -162,6 +168,7 @@ def test_decode_loop_under_scan():
     np.testing.assert_array_equal(np.argmax(full[2:7], axis=-1), generated)
 
 
+@pytest.mark.slow
 def test_remat_is_in_the_gradient_and_changes_nothing_else():
     """model.remat puts a checkpoint (remat) primitive in the gradient's jaxpr, with the same loss
     and gradients: equal numbers alone would also pass if the flag were ignored."""
@@ -184,6 +191,7 @@ def test_remat_is_in_the_gradient_and_changes_nothing_else():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g1, g2)
 
 
+@pytest.mark.slow
 def test_scan_layers_starts_from_the_same_parameters_and_loss():
     """Scanned blocks are the looped blocks stacked: same init, same loss and gradients."""
     tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, VOCAB)

@@ -160,6 +160,7 @@ def tiny_transformer():
 BIG_VOCAB = VOCAB + [f"X{i}" for i in range(14)]
 
 
+@pytest.mark.slow
 def test_kv_cache_matches_full_forward_pass(tiny_transformer):
     """Left-padded prefill + decode steps give the logits of the unpadded full forward pass."""
     model = tiny_transformer
@@ -189,6 +190,7 @@ def test_kv_cache_matches_full_forward_pass(tiny_transformer):
         np.testing.assert_allclose(jax.nn.softmax(got), jax.nn.softmax(expected), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sliding_window_matches_a_fresh_pass_over_the_window(tiny_transformer):
     """One layer: K/V depend on the token alone, so attending to the last W cached tokens must
     equal a fresh forward pass over those W tokens (RoPE sees relative positions only)."""
@@ -211,6 +213,7 @@ def test_sliding_window_matches_a_fresh_pass_over_the_window(tiny_transformer):
         np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_rollouts_run_with_the_real_transformer(tiny_transformer):
     sampler = zero_shot.RolloutSampler(tiny_transformer, prompt_len=4, max_new_tokens=8, num_rollouts=3,
                                        cases_per_batch=2, window=4)

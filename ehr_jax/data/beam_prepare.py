@@ -3,12 +3,12 @@
     python -m ehr_jax.data.prepare --meds_dir=gs://b/meds --out_dir=gs://b/prepared --engine=beam -- \
         --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp --setup_file=./setup.py
 
-Needs the `beam` extra (`pip install -e ".[beam]"`); nothing else imports this module. The job:
+Needs the `beam` extra (`pip install -e ".[beam]"`); only `--engine=beam` imports this module. The job:
 
     train files --(vocab.FitStats per file)--> CombineGlobally (exact merge) --> tokenizer
     every (split, file) --Reshuffle--> encode with the tokenizer (side input) --> shards + summary
-    (subject, split) of every file, and of subject_splits.parquet --> CoGroupByKey --> subjects in
-        two files or under another split's folder than the split table says (errors)
+    subject ids of every file, and subject_splits.parquet, in buckets --> CoGroupByKey --> subjects
+        in two files or under another split's folder than the split table says (errors)
 
 The fit is vocab.FitStats (counts plus the per-code bottom-k sample by row hash), whose merge is
 order-free, so the vocabulary and quantile edges equal the local engine's exactly, and records
@@ -54,15 +54,17 @@ DEFAULT_ARGS = ("--runner=DirectRunner", "--direct_running_mode=multi_processing
                 f"--direct_num_workers={os.cpu_count() or 1}")
 _SPLITS_CACHE: dict = {}  # flat layout: subject_splits.parquet per worker process (read once, not per file)
 _PROBLEMS = ("subjects_in_two_files", "subjects_in_another_split", "subjects_listed_twice")
+_BUCKETS = 1024  # keys of the subject checks' shuffle (arrays of ids per key and file)
 
 
 def prepare(meds_dir: str, out_dir: str, *, min_code_count: int = 10, num_quantiles: int = 10,
-            records_per_shard: int = 2000, pipeline_args: list[str] | tuple = DEFAULT_ARGS) -> dict:
+            records_per_shard: int = 2000, max_text_values: int = prep.MAX_TEXT_VALUES,
+            pipeline_args: list[str] | tuple = DEFAULT_ARGS) -> dict:
     """Tokenizes a MEDS dataset with Beam; returns the manifest (reused when up to date).
 
     meds_dir and out_dir are local paths or URLs Beam's filesystems know (gs://, s3://).
     """
-    settings = prep.check_settings(min_code_count, num_quantiles, records_per_shard)
+    settings = prep.check_settings(min_code_count, num_quantiles, records_per_shard, max_text_values)
     ds = open_dataset(meds_dir)
     out = _Out(out_dir)
     hashes = {"settings_hash": prep.settings_hash(settings), "input_fingerprint": _fingerprint(ds)}
@@ -137,9 +139,10 @@ def _pipeline(files: list[tuple], read: "_ReadSpec", table: str | None, out: "_O
               pipeline_args: list[str]) -> None:
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as p:
         tokenizer = (p | "TrainFiles" >> beam.Create([f for f in files if f[0] == "train"])
-                     | "FitFile" >> beam.ParDo(_FitFile(read))
+                     | "FitFile" >> beam.ParDo(_FitFile(read, settings["max_text_values"]))
                      | "Fit" >> beam.CombineGlobally(_FitCombine(settings["min_code_count"],
-                                                                 settings["num_quantiles"])))
+                                                                 settings["num_quantiles"],
+                                                                 settings["max_text_values"])))
         encoded = (p | "Files" >> beam.Create(files) | beam.Reshuffle()
                    | "Encode" >> beam.ParDo(_EncodeFile(read, out.root, settings["records_per_shard"]),
                                             beam.pvalue.AsSingleton(tokenizer))
@@ -153,22 +156,45 @@ def _pipeline(files: list[tuple], read: "_ReadSpec", table: str | None, out: "_O
         _ = lines | beam.Flatten() | beam.io.WriteToText(out.path(TMP_DIR, "summary"), file_name_suffix=".jsonl")
 
 
-def _split_table_rows(path: str) -> Iterator[tuple[int, str]]:
-    """(subject_id, split) of every row of subject_splits.parquet, streamed in batches."""
+def _split_table_rows(path: str) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """subject_splits.parquet as (bucket, (subject ids, split indices)), streamed in batches."""
     with _open(path) as source:
         parquet = pq.ParquetFile(source)
         if not {"subject_id", "split"} <= set(parquet.schema_arrow.names):
             raise DataError(f"{path}: missing column 'subject_id' or 'split'; expected subject_id int64, split string")
         for batch in parquet.iter_batches(columns=["subject_id", "split"]):
-            yield from zip(batch.column(0).to_pylist(), batch.column(1).cast(pa.string()).to_pylist())
+            ids = batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            names = np.asarray(batch.column(1).cast(pa.string()).to_pylist(), object)
+            splits = np.select([names == s for s in meds.SPLITS], range(len(meds.SPLITS)), -1)
+            yield from _by_bucket(ids, splits)
+
+
+def _by_bucket(ids: np.ndarray, splits: np.ndarray) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """Subject ids (with their split index) grouped into _BUCKETS keys: the checks shuffle
+    arrays of ids, not one element per subject."""
+    bucket = ids % _BUCKETS
+    order = np.argsort(bucket, kind="stable")
+    keys, starts = np.unique(bucket[order], return_index=True)
+    for key, part in zip(keys.tolist(), np.split(order, starts[1:])):
+        yield key, (ids[part], splits[part])
 
 
 def _subject_problems(item) -> tuple[int, int, int]:
-    """One subject's (in two files, under another split's folder, listed twice in the table)."""
+    """A bucket's subjects (in two files, under another split's folder, listed twice in the table)."""
     _, found = item
     data, table = list(found["data"]), list(found["table"])
-    return (int(len(data) > 1), int(bool(table) and any(split != table[0] for split in data)),
-            int(len(table) > 1))
+    data_ids = np.concatenate([ids for ids, _ in data]) if data else np.zeros(0, np.int64)
+    data_splits = np.concatenate([s for _, s in data]) if data else np.zeros(0, np.int64)
+    in_two_files = int((np.unique(data_ids, return_counts=True)[1] > 1).sum())
+    table_ids = np.concatenate([ids for ids, _ in table]) if table else np.zeros(0, np.int64)
+    table_splits = np.concatenate([s for _, s in table]) if table else np.zeros(0, np.int64)
+    unique_ids, first, counts = np.unique(table_ids, return_index=True, return_counts=True)
+    wrong = np.zeros(0, np.int64)
+    if len(unique_ids):
+        at = np.minimum(np.searchsorted(unique_ids, data_ids), len(unique_ids) - 1)
+        listed = unique_ids[at] == data_ids
+        wrong = data_ids[listed][table_splits[first[at[listed]]] != data_splits[listed]]
+    return in_two_files, int(len(np.unique(wrong))), int((counts > 1).sum())
 
 
 def _add_problems(counts) -> tuple[int, ...]:
@@ -194,12 +220,12 @@ class _ReadSpec:
 class _FitFile(beam.DoFn):
     """The fit's partial statistics of one train file."""
 
-    def __init__(self, read: _ReadSpec):
-        self.read = read
+    def __init__(self, read: _ReadSpec, max_text_values: int):
+        self.read, self.max_text_values = read, max_text_values
 
     def process(self, element):
         split, _, path = element
-        stats = vocab.FitStats()
+        stats = vocab.FitStats(self.max_text_values)
         for frame in self.read.frames(split, path, collections.Counter()):
             stats.add_frame(frame)
         yield stats
@@ -208,11 +234,12 @@ class _FitFile(beam.DoFn):
 class _FitCombine(beam.CombineFn):
     """Merges partial fits (order-free) and returns the fitted tokenizer as JSON."""
 
-    def __init__(self, min_code_count: int, num_quantiles: int):
+    def __init__(self, min_code_count: int, num_quantiles: int, max_text_values: int):
         self.min_code_count, self.num_quantiles = min_code_count, num_quantiles
+        self.max_text_values = max_text_values
 
     def create_accumulator(self):
-        return vocab.FitStats()
+        return vocab.FitStats(self.max_text_values)
 
     def add_input(self, accumulator, stats):
         return accumulator.merge(stats)
@@ -261,9 +288,9 @@ class _EncodeFile(beam.DoFn):
             out.write_bytes(f"{TMP_DIR}/index/{split}-{index:05d}.npy", buffer.getvalue())
         yield json.dumps({"split": split, "file": index, "stats": stats, "dropped": dict(dropped),
                           "shards": entries})
-        for ids in subjects:
-            for subject in ids.tolist():
-                yield beam.pvalue.TaggedOutput("subjects", (subject, split))
+        ids = np.concatenate(subjects) if subjects else np.zeros(0, np.int64)
+        for bucket in _by_bucket(ids, np.full(len(ids), meds.SPLITS.index(split))):
+            yield beam.pvalue.TaggedOutput("subjects", bucket)
 
 
 def _finish(ds: meds.MedsDataset, out: "_Out", settings: dict, hashes: dict) -> dict:

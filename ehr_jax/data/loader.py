@@ -15,6 +15,9 @@ A patient record has tokens t[0..n) whose first `n_prefix` are static demographi
   positions whose targets are t[a : e]. The next window starts at a = e.
 - A prefix longer than seq_len // 2 is truncated to its first seq_len // 2 tokens in
   continuation windows, so every window still predicts at least half its length.
+- A continuation window restates the prefix's age token (its last) for the time of the
+  window's first token, so a window years after the first event shows the age of its own
+  time (prepared dirs of tokenizer version >= 2, whose prefix tokens carry the birth time).
 - Short windows are right-padded with [PAD] = 0 in tokens and targets and 0 in mask.
   Patients with fewer than 2 tokens have no targets and no windows.
 
@@ -38,7 +41,7 @@ import numpy as np
 from absl import logging
 from array_record.python import array_record_module
 
-from ehr_jax.data import shards
+from ehr_jax.data import shards, tokenize
 from ehr_jax.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -136,12 +139,20 @@ class _PatientShards:
 
 
 class _WindowReader:
-    """Builds batches of windows from random-access patient records (picklable for workers)."""
+    """Builds batches of windows from random-access patient records (picklable for workers).
 
-    def __init__(self, paths: list[str], windows: dict[str, np.ndarray], seq_len: int):
+    first_age: token id of the first AGE token when the records' prefixes carry the birth time
+    (tokenizer version >= 2): a continuation window then restates the age for its own start
+    (tokenize.restate_age) instead of carrying the age at the patient's first event. None
+    keeps the prefix as stored (older prepared dirs).
+    """
+
+    def __init__(self, paths: list[str], windows: dict[str, np.ndarray], seq_len: int,
+                 first_age: int | None = None):
         self._source = _PatientShards(paths)
         self._windows = windows
         self._seq_len = seq_len
+        self._first_age = first_age
 
     def __len__(self) -> int:
         return len(self._windows["record"])
@@ -158,10 +169,14 @@ class _WindowReader:
         seq_BxL1 = np.zeros((num_rows, self._seq_len + 1), np.int32)
         records = self._source.read(w["record"][window_ids])
         for row, data in enumerate(records):
-            tokens, _ = shards.decode_tokens(data)
+            tokens, n_prefix = shards.decode_tokens(data)
             c = carry[row]
             seq_BxL1[row, :c] = tokens[:c]
             seq_BxL1[row, c:c + end[row] - start[row]] = tokens[start[row]:end[row]]
+            if self._first_age is not None and 0 < n_prefix <= c:
+                times = shards.decode_record(data).times
+                seq_BxL1[row, n_prefix - 1] = tokenize.restate_age(tokens, times, n_prefix, times[start[row]],
+                                                                   self._first_age)
         lengths = np.zeros(num_rows, np.int64)  # inputs per row: sequence length minus one
         lengths[:len(window_ids)] = carry + end - start - 1
         first_target = np.zeros(num_rows, np.int64)
@@ -187,7 +202,8 @@ def _open_split(prepared_dir: str | os.PathLike, split: str, seq_len: int) -> _W
         logging.warning("Some %s patients have a static prefix longer than seq_len // 2 = %d; "
                         "continuation windows carry only its first %d tokens.",
                         split, seq_len // 2, seq_len // 2)
-    reader = _WindowReader(paths, windows, seq_len)
+    first_age = tokenize.first_age_id(shards.read_manifest(prepared_dir))
+    reader = _WindowReader(paths, windows, seq_len, first_age)
     if reader.num_records != len(index):
         raise DataError(f"{os.path.join(prepared_dir, split, shards.INDEX)}: lists {len(index)} "
                         f"patients but the shards hold {reader.num_records}; re-run "

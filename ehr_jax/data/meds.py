@@ -24,7 +24,7 @@ from ehr_jax.errors import DataError
 
 SPLITS = ("train", "tuning", "held_out")
 REQUIRED_COLUMNS = ("subject_id", "time", "code")
-OUTPUT_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+OUTPUT_COLUMNS = ("subject_id", "time", "code", "numeric_value", "text_value")
 BATCH_ROWS = 1 << 17  # rows read at once from a parquet file (whole subjects are carried over);
 # measured peak RSS on a 6.3M-row file: 2^17 -> 260 MB, 2^20 -> 580 MB, at the same speed
 
@@ -171,7 +171,9 @@ def _check_schema(path: str | Path, source=None) -> int:
                     "time": (lambda d: isinstance(d, pl.Datetime), "a timestamp (datetime[us])"),
                     "code": (lambda d: d in (pl.String, pl.Categorical) or isinstance(d, pl.Enum),
                              "a string"),
-                    "numeric_value": (lambda d: d.is_numeric() or d == pl.Null, "a float (float32)")}
+                    "numeric_value": (lambda d: d.is_numeric() or d == pl.Null, "a float (float32)"),
+                    "text_value": (lambda d: d in (pl.String, pl.Categorical, pl.Null) or isinstance(d, pl.Enum),
+                                   "a string")}
     for column, (ok, expected) in expectations.items():
         if column in schema and not ok(schema[column]):
             raise DataError(f"{path}: column {column!r} has type {schema[column]}; expected {expected}")
@@ -217,13 +219,16 @@ def _iter_file_frames(path: str | Path, source=None) -> Iterator[pl.DataFrame]:
 
 
 def _canonical(path: Path, schema, frame: pl.DataFrame) -> pl.DataFrame:
-    """The contract's columns and types: subject_id int64, time datetime[us], code str, value f32."""
+    """The contract's columns and types: subject_id int64, time datetime[us], code str, value f32,
+    text_value str (null when the file has none)."""
     time = pl.col("time")
     if schema["time"].time_zone is not None:  # MEDS times are naive; read aware ones as UTC
         time = time.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
     value = pl.col("numeric_value") if "numeric_value" in schema else pl.lit(None)
+    text = pl.col("text_value") if "text_value" in schema else pl.lit(None)
     frame = frame.select(pl.col("subject_id").cast(pl.Int64), time.dt.cast_time_unit("us"),
-                         pl.col("code").cast(pl.String), value.cast(pl.Float32).alias("numeric_value"))
+                         pl.col("code").cast(pl.String), value.cast(pl.Float32).alias("numeric_value"),
+                         text.cast(pl.String).alias("text_value"))
     if frame["subject_id"].null_count():
         raise DataError(f"{path}: column 'subject_id' has {frame['subject_id'].null_count()} nulls; "
                         "expected every row to name its subject")

@@ -31,14 +31,16 @@ from ehr_jax import rundir
 from ehr_jax.data import meds, shards, tokenize, vocab
 from ehr_jax.errors import ConfigError, DataError, EhrJaxError
 
+MAX_TEXT_VALUES = 8  # default of config.data.max_text_values (configs/base.py)
+
 
 def prepare(meds_dir: str | os.PathLike, out_dir: str | os.PathLike, *, min_code_count: int = 10,
-            num_quantiles: int = 10, records_per_shard: int = 2000) -> dict:
+            num_quantiles: int = 10, records_per_shard: int = 2000, max_text_values: int = MAX_TEXT_VALUES) -> dict:
     """Tokenizes a MEDS dataset into shards; returns the manifest (reused when up to date).
 
     A lock file serialises concurrent calls on one machine (e.g. parallel runs of a sweep).
     """
-    settings = check_settings(min_code_count, num_quantiles, records_per_shard)
+    settings = check_settings(min_code_count, num_quantiles, records_per_shard, max_text_values)
     ds = meds.open_dataset(meds_dir)
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,8 +61,8 @@ def _build(ds: meds.MedsDataset, out_dir: Path, settings: dict, hashes: dict) ->
     min_code_count, num_quantiles = settings["min_code_count"], settings["num_quantiles"]
     records_per_shard = settings["records_per_shard"]
     train_dropped: collections.Counter = collections.Counter()
-    tok = vocab.fit(meds.iter_split_frames(ds, "train", train_dropped),
-                    min_code_count=min_code_count, num_quantiles=num_quantiles)
+    tok = vocab.fit(meds.iter_split_frames(ds, "train", train_dropped), min_code_count=min_code_count,
+                    num_quantiles=num_quantiles, max_text_values=settings["max_text_values"])
     splits = {}
     for split in meds.SPLITS:
         splits[split] = _write_split(ds, tok, out_dir, split, records_per_shard, train_dropped)
@@ -92,14 +94,16 @@ def log_done(out_dir, manifest: dict, seconds: float) -> None:
                  events, seconds, events / max(seconds, 1e-9))
 
 
-def check_settings(min_code_count: int, num_quantiles: int, records_per_shard: int) -> dict:
+def check_settings(min_code_count: int, num_quantiles: int, records_per_shard: int,
+                   max_text_values: int) -> dict:
     for key, value, low in (("data.min_code_count", min_code_count, 1), ("data.num_quantiles", num_quantiles, 1),
-                            ("data.records_per_shard", records_per_shard, 1)):
+                            ("data.records_per_shard", records_per_shard, 1),
+                            ("data.max_text_values", max_text_values, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ConfigError(f"{key}={value!r}; expected an integer >= {low}")
     return {"min_code_count": int(min_code_count), "num_quantiles": int(num_quantiles),
             "records_per_shard": int(records_per_shard), "reservoir_size": vocab.RESERVOIR_SIZE,
-            "tokenizer_version": tokenize.TOKENIZER_VERSION}
+            "max_text_values": int(max_text_values), "tokenizer_version": tokenize.TOKENIZER_VERSION}
 
 
 def settings_hash(settings: dict) -> str:
@@ -246,7 +250,8 @@ def ensure_prepared(data: ml_collections.ConfigDict, workdir: str | os.PathLike,
         if not data.meds_dir and write_meds is not None:
             write_meds(meds_dir)
         prepare(meds_dir, prepared_dir, min_code_count=data.min_code_count,
-                num_quantiles=data.num_quantiles, records_per_shard=data.records_per_shard)
+                num_quantiles=data.num_quantiles, records_per_shard=data.records_per_shard,
+                max_text_values=data.get("max_text_values", MAX_TEXT_VALUES))
 
     error = None
     if jax.process_index() == 0:
@@ -271,6 +276,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("min_code_count", 10, "Tokens seen fewer times in train become [UNK].")
     flags.DEFINE_integer("num_quantiles", 10, "Value bins per numeric code.")
     flags.DEFINE_integer("records_per_shard", 2000, "Patients per ArrayRecord shard.")
+    flags.DEFINE_integer("max_text_values", MAX_TEXT_VALUES, "Codes with at most this many distinct text values in "
+                         "train get a TXT//<value> token (0: text values ignored).")
     flags.DEFINE_enum("engine", "local", ["local", "beam"],
                       "local: this process; beam: an Apache Beam job (pipeline options after `--`).")
 
@@ -280,7 +287,7 @@ def main(argv: list[str]) -> None:
     if not f.meds_dir or not f.out_dir:
         sys.exit("usage: python -m ehr_jax.data.prepare --meds_dir=DIR --out_dir=DIR [--engine=beam -- BEAM_OPTIONS]")
     settings = dict(min_code_count=f.min_code_count, num_quantiles=f.num_quantiles,
-                    records_per_shard=f.records_per_shard)
+                    records_per_shard=f.records_per_shard, max_text_values=f.max_text_values)
     try:
         if f.engine == "local":
             if argv[1:]:

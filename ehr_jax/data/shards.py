@@ -7,8 +7,9 @@ prediction time. Layout of one record (little-endian):
     int64 subject_id | int32 n_prefix | int32 n_tokens | int32 tokens[n] | int64 times[n]
 
 `times` are seconds since the Unix epoch of the event each token belongs to (prefix tokens
-carry the first timed event's time; an interval token carries the time of the event after it),
-so "usable at prediction time t" is exactly `times <= t`.
+carry the birth time, or the first timed event's time without a birth; an interval token
+carries the time of the event after it), so "usable at prediction time t" is exactly
+`times <= t`, and the age at any time follows from the record.
 """
 
 from __future__ import annotations

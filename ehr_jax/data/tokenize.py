@@ -8,11 +8,16 @@ A patient becomes one token sequence (docs/DATA.md shows an example):
 Rules, each chosen so one tokenizer serves every ETL's spelling:
 - A code with numeric values in train (a lab, a vital) is one token for the whole code plus a
   value-bin token `Q//k` (per-code quantiles fitted on train), whatever the ETL calls it.
+- A code with at most `max_text_values` distinct text values in train (rows without a numeric
+  value) is followed by a `TXT//<value>` token when a row has a text value and no number
+  (`[UNK]` for a value unseen in train); free text and numbers written as text stay out.
 - Other codes split on `//`: the top-level part first (so MEDS_DEATH, HOSPITAL_ADMISSION, ...
   are tokens on their own), then one `TOP//part` token per remaining part, with ICD codes split
   into category and subcategory and ATC codes into levels (`split_code`).
 - Interval tokens between consecutive distinct event times (`interval_tokens`).
-- MEDS_BIRTH rows are not emitted: they set the age band at the first timed event.
+- MEDS_BIRTH rows are not emitted: they set the age band at the first timed event, and the
+  static prefix's tokens carry the birth time, so that a training window (ehr_jax.data.loader)
+  or an evaluation prompt starting years later restates the age for its own start.
 - No [TIMELINE_END]: the end of a record is the end of data extraction, not a clinical event,
   and windows never span patients, so the model needs no separator (the id stays reserved).
 Fitting (vocabulary, quantile edges) lives in ehr_jax.data.vocab.
@@ -33,7 +38,8 @@ import polars as pl
 from ehr_jax.data.shards import PatientRecord
 from ehr_jax.errors import DataError
 
-TOKENIZER_VERSION = 1  # bump when a rule below changes: it feeds the tokenizer hash
+TOKENIZER_VERSION = 2  # bump when a rule below changes: it feeds the tokenizer hash
+# 2: static prefix tokens carry the birth time, so windows and prompts restate the age
 TOKENIZER_FILE = "tokenizer.json"  # in the prepared dir: vocabulary, numeric codes, quantile edges
 PAD, UNK, TIMELINE_START, TIMELINE_END = "[PAD]", "[UNK]", "[TIMELINE_START]", "[TIMELINE_END]"
 SPECIAL_TOKENS = (PAD, UNK, TIMELINE_START, TIMELINE_END)
@@ -47,6 +53,7 @@ AGE_BAND_YEARS = 5
 AGE_TOKENS = tuple(f"AGE//{a}-{a + AGE_BAND_YEARS - 1}" for a in range(0, 95, AGE_BAND_YEARS)) + (
     "AGE//95+", "AGE//unknown")
 BIRTH_CODE = "MEDS_BIRTH"
+TEXT_PREFIX = "TXT//"  # TXT//<value>: a text_value of a code with few distinct ones (vocab.fit)
 TOKEN_TYPE_NAMES = ("special", "time", "value", "static", "diagnosis", "procedure", "lab",
                     "medication", "encounter", "death", "other")
 # Token type by keyword in a token's top-level part, first match wins (see token_types).
@@ -56,6 +63,10 @@ _TYPE_KEYWORDS = (("death", ("DEATH",)), ("static", ("GENDER", "SEX", "RACE", "E
                   "WEIGHT", "HEIGHT", "BMI")),
                   ("medication", ("MEDICATION", "DRUG", "ATC", "PRESCRIPTION", "INFUSION")),
                   ("encounter", ("ADMISSION", "DISCHARGE", "TRANSFER", "ICU", "ED_", "VISIT", "ENCOUNTER")))
+
+
+def text_token(value: str) -> str:
+    return TEXT_PREFIX + value
 
 
 def value_tokens(num_quantiles: int) -> tuple[str, ...]:
@@ -134,7 +145,7 @@ def _token_type(token: str) -> str:
         return "special"
     if token.startswith("TIME//"):
         return "time"
-    if token.startswith("Q//"):
+    if token.startswith(("Q//", TEXT_PREFIX)):
         return "value"
     if token.startswith("AGE//"):
         return "static"
@@ -172,6 +183,7 @@ class Tokenizer:
     num_quantiles: int
     numeric_codes: frozenset  # train codes that carry numeric values (kept whole)
     edges: dict  # numeric code in the vocabulary -> num_quantiles - 1 ascending edges
+    text_codes: frozenset = frozenset()  # codes whose few text values become TXT// tokens
 
     def __post_init__(self):
         self.token_id = {t: i for i, t in enumerate(self.tokens)}
@@ -183,12 +195,14 @@ class Tokenizer:
     def to_json(self) -> dict:
         return {"version": TOKENIZER_VERSION, "tokens": self.tokens, "num_quantiles": self.num_quantiles,
                 "numeric_codes": sorted(self.numeric_codes),
-                "edges": {c: [float(x) for x in e] for c, e in sorted(self.edges.items())}}
+                "edges": {c: [float(x) for x in e] for c, e in sorted(self.edges.items())},
+                "text_codes": sorted(self.text_codes)}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Tokenizer":
         return cls(obj["tokens"], obj["num_quantiles"], frozenset(obj["numeric_codes"]),
-                   {c: np.asarray(e, np.float32) for c, e in obj["edges"].items()})
+                   {c: np.asarray(e, np.float32) for c, e in obj["edges"].items()},
+                   frozenset(obj.get("text_codes", ())))
 
     @classmethod
     def load(cls, prepared_dir: str | os.PathLike) -> "Tokenizer":
@@ -259,9 +273,50 @@ def _code_table(tok: Tokenizer, codes: list[str]) -> tuple[np.ndarray, np.ndarra
 
 
 def _age_token_ids(tok: Tokenizer, t_us: np.ndarray, birth_us: np.ndarray, has_birth: np.ndarray) -> np.ndarray:
-    years = (t_us - birth_us) / (365.25 * _DAY * 1e6)
-    band = np.clip(np.floor(years / AGE_BAND_YEARS), 0, len(AGE_TOKENS) - 2).astype(np.int64)
+    band = age_band((t_us - birth_us) / 1e6)
     return tok._age_ids[np.where(has_birth, band, len(AGE_TOKENS) - 1)]
+
+
+def age_band(seconds: np.ndarray) -> np.ndarray:
+    """Index into AGE_TOKENS of ages given in seconds since birth (5-year bands, then 95+)."""
+    years = np.asarray(seconds, np.float64) / (365.25 * _DAY)
+    return np.clip(np.floor(years / AGE_BAND_YEARS), 0, len(AGE_TOKENS) - 2).astype(np.int64)
+
+
+def first_age_id(manifest: dict) -> int | None:
+    """Token id of AGE_TOKENS[0] (fixed_tokens' order) when the prepared dir's prefixes carry
+    the birth time (tokenizer version >= 2), else None: older records cannot restate the age."""
+    if manifest.get("tokenizer_version", 1) < 2:
+        return None
+    return len(SPECIAL_TOKENS) + len(INTERVAL_TOKENS) + int(manifest["settings"]["num_quantiles"])
+
+
+def restate_age(tokens: np.ndarray, times: np.ndarray, n_prefix: int, at_s: np.ndarray | int,
+                first_age: int) -> np.ndarray:
+    """The prefix's age token (its last token) for the age at `at_s` instead of at the first
+    event: training windows restate it at their start, evaluation prompts at the prediction
+    time. The prefix's time is the birth time (TOKENIZER_VERSION >= 2). A prefix without a
+    known age (AGE//unknown) or without its age token (cut) is left alone. Returns the id."""
+    token = int(tokens[n_prefix - 1]) if n_prefix else -1
+    if not first_age <= token < first_age + len(AGE_TOKENS) - 1:
+        return token
+    return first_age + int(age_band(np.asarray(at_s) - int(times[n_prefix - 1])))
+
+
+def _text_ids(tok: Tokenizer, rows: pl.DataFrame, codes: list[str], code_idx: np.ndarray,
+              values: np.ndarray) -> np.ndarray:
+    """Per row: the TXT// token id of its text_value ([UNK] for a value unseen in train), or -1
+    (no text token: not a text code, no text, or a numeric value, which gets its bin instead)."""
+    out = np.full(len(code_idx), -1, np.int32)
+    if not tok.text_codes or "text_value" not in rows.columns:
+        return out
+    is_text_code = np.array([c in tok.text_codes for c in codes], bool)
+    wanted = np.flatnonzero(is_text_code[code_idx] & rows["text_value"].is_not_null().to_numpy()
+                            & np.isnan(values))
+    unk = tok.token_id[UNK]
+    texts = rows["text_value"].gather(wanted).to_list()
+    out[wanted] = [tok.token_id.get(text_token(t), unk) for t in texts]
+    return out
 
 
 def _row_structure(subj: np.ndarray, timed: np.ndarray, t_us: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -301,19 +356,23 @@ def _encode_rows(tok: Tokenizer, frame: pl.DataFrame) -> EncodedFrame:
     bins = np.zeros(len(subj), np.int32)
     bin_rows = np.flatnonzero(has_bin)
     bins[bin_rows] = (values[bin_rows, None] >= edges[code_idx[bin_rows]]).sum(axis=1)
+    text_ids = _text_ids(tok, rows, codes.to_list(), code_idx, values)
+    has_text = text_ids >= 0
 
     first_row, first_timed, n_six, band, n_interval = _row_structure(subj, timed, t_us)
     n_pre = first_row.astype(np.int64) + first_timed + n_interval
     code_len = np.diff(offsets)[code_idx]
     row_start = np.zeros(len(subj) + 1, np.int64)
-    np.cumsum(n_pre + code_len + has_bin, out=row_start[1:])
+    np.cumsum(n_pre + code_len + has_bin + has_text, out=row_start[1:])
     slot_row = np.repeat(np.arange(len(subj), dtype=np.int32), np.diff(row_start))
     # rel: a slot's position relative to its row's first code token (< 0: prefix or interval).
     rel = np.arange(row_start[-1]) - (row_start[:-1] + n_pre)[slot_row]
     row_code_len = code_len[slot_row]
     tokens = flat[np.clip(rel + offsets[code_idx][slot_row], 0, max(len(flat) - 1, 0))]
-    bin_slots = np.flatnonzero(rel >= row_code_len)
+    bin_slots = np.flatnonzero((rel == row_code_len) & has_bin[slot_row])
     tokens[bin_slots] = tok._q_base + bins[slot_row[bin_slots]]
+    text_slots = np.flatnonzero((rel == row_code_len + has_bin[slot_row]) & has_text[slot_row])
+    tokens[text_slots] = text_ids[slot_row[text_slots]]
 
     pre_slots = np.flatnonzero(rel < 0)
     r = slot_row[pre_slots]
@@ -327,9 +386,18 @@ def _encode_rows(tok: Tokenizer, frame: pl.DataFrame) -> EncodedFrame:
     tokens[pre_slots] = np.where(is_start, tok.token_id[TIMELINE_START], np.where(is_age, age_ids, interval_ids))
 
     first_rows, first_timed_rows = np.flatnonzero(first_row), np.flatnonzero(first_timed)
-    first_time_us = t_us[first_timed_rows][np.cumsum(first_row) - 1]
+    subject_of_row = np.cumsum(first_row) - 1
+    first_time_us = t_us[first_timed_rows][subject_of_row]
     times = np.floor_divide(np.where(timed, t_us, first_time_us), 1_000_000)[slot_row]
     n_prefix = row_start[first_timed_rows] + first_row[first_timed_rows] + 1 - row_start[first_rows]
     starts = np.append(row_start[first_rows], row_start[-1])
+    # The static prefix carries the birth time (the first event's when unknown or later), so
+    # the age at any later time follows from the record (loader windows, evaluation prompts).
+    has_birth_s = rows["birth_time"].is_not_null().to_numpy()[first_rows]
+    prefix_s = np.floor_divide(np.where(has_birth_s, np.minimum(birth_us[first_rows], t_us[first_timed_rows]),
+                                        t_us[first_timed_rows]), 1_000_000)
+    slot_subject = subject_of_row[slot_row]
+    in_prefix = np.arange(len(times)) - starts[:-1][slot_subject] < n_prefix[slot_subject]
+    times[in_prefix] = prefix_s[slot_subject[in_prefix]]
     return EncodedFrame(subj[first_rows], starts, n_prefix.astype(np.int32), tokens, times,
                         rows.height, dropped_rows)

@@ -26,24 +26,28 @@ _MERGE_ROWS = 1 << 18  # sampled values buffered before a reservoir merge (bound
 
 
 def fit(train_frames: Iterable[pl.DataFrame], *, min_code_count: int,
-        num_quantiles: int) -> tokenize.Tokenizer:
-    """Vocabulary (tokens seen >= min_code_count times in train) and per-code quantile edges."""
-    stats = FitStats()
+        num_quantiles: int, max_text_values: int = 0) -> tokenize.Tokenizer:
+    """Vocabulary (tokens seen >= min_code_count times in train), per-code quantile edges and
+    the codes whose text values become tokens (at most max_text_values distinct; 0: none)."""
+    stats = FitStats(max_text_values)
     for frame in train_frames:
         stats.add_frame(frame)
     return stats.tokenizer(min_code_count=min_code_count, num_quantiles=num_quantiles)
 
 
 class FitStats:
-    """What the fit keeps of the train rows: code counts and the per-code bottom-k sample.
+    """What the fit keeps of the train rows: code counts, the per-code bottom-k sample and the
+    text values of codes with few of them.
 
-    Merging is order-free (sums and bottom-k by row hash), so partial stats of any split of the
-    train rows (files, frames, Beam bundles) merge into the same tokenizer as one pass.
+    Merging is order-free (sums, bottom-k by row hash, text counts of codes under the limit), so
+    partial stats of any split of the train rows (files, frames, Beam bundles) merge into the
+    same tokenizer as one pass.
     """
 
-    def __init__(self):
+    def __init__(self, max_text_values: int = 0):
         self.counts: pl.DataFrame | None = None  # code (categorical), n, n_values
         self.reservoir = _Reservoir()
+        self.texts = _TextValues(max_text_values)
 
     def add_frame(self, frame: pl.DataFrame) -> None:
         rows, _, _ = tokenize.tokenizable_rows(frame)
@@ -55,6 +59,7 @@ class FitStats:
         self.reservoir.add(rows.filter(valued).select(
             "code", pl.col("numeric_value").alias("value"),
             pl.struct("subject_id", "time", "code", "numeric_value").hash(_HASH_SEED).alias("key")))
+        self.texts.add_rows(rows)
 
     def merge(self, other: "FitStats") -> "FitStats":
         if other.counts is not None:
@@ -62,6 +67,7 @@ class FitStats:
         other_kept = other.reservoir.result()
         if other_kept is not None:
             self.reservoir.add(other_kept)
+        self.texts.merge(other.texts)
         return self
 
     def _add_counts(self, counts: pl.DataFrame) -> None:
@@ -77,15 +83,50 @@ class FitStats:
         for code, n in zip(counts["code"].to_list(), counts["n"].to_list()):
             for token in tokenize.split_code(code, code in numeric):
                 token_counts[token] += n
+        texts = self.texts.counts.sort("code", "text_value")
+        for value, n in zip(texts["text_value"].to_list(), texts["n"].to_list()):
+            token_counts[tokenize.text_token(value)] += n
         fixed = tokenize.fixed_tokens(num_quantiles)
         fixed_set = set(fixed)
         kept = sorted((t for t, n in token_counts.items() if n >= min_code_count and t not in fixed_set),
                       key=lambda t: (-token_counts[t], t))
-        logging.info("Vocabulary: %d of %d code tokens seen >= %d times in train; %d numeric codes",
-                     len(kept), len(token_counts), min_code_count, len(numeric))
         kept_set = set(kept)
+        text_codes = frozenset(c for c, v in zip(texts["code"].to_list(), texts["text_value"].to_list())
+                               if tokenize.text_token(v) in kept_set)
+        logging.info("Vocabulary: %d of %d code tokens seen >= %d times in train; %d numeric codes, "
+                     "%d codes with text-value tokens", len(kept), len(token_counts), min_code_count,
+                     len(numeric), len(text_codes))
         edges = _quantile_edges(self.reservoir.result(), {c for c in numeric if c in kept_set}, num_quantiles)
-        return tokenize.Tokenizer(fixed + kept, num_quantiles, frozenset(numeric), edges)
+        return tokenize.Tokenizer(fixed + kept, num_quantiles, frozenset(numeric), edges, text_codes)
+
+
+class _TextValues:
+    """Counts of (code, text_value) over train rows without a numeric value, for codes with at
+    most `limit` distinct values (0: none). A code is dropped for good once it shows more (free
+    text, numbers written as text), so memory stays near codes x limit; since a code over the
+    limit in any part is over it in the whole, merging parts gives the one-pass result."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.counts = pl.DataFrame(schema={"code": pl.String, "text_value": pl.String, "n": pl.UInt32})
+        self.too_many: set[str] = set()
+
+    def add_rows(self, rows: pl.DataFrame) -> None:
+        if self.limit <= 0 or "text_value" not in rows.columns:
+            return
+        self._add(rows.filter(pl.col("text_value").is_not_null() & pl.col("numeric_value").is_null())
+                  .group_by(pl.col("code").cast(pl.String), "text_value").agg(n=pl.len().cast(pl.UInt32)))
+
+    def merge(self, other: "_TextValues") -> None:
+        self.too_many |= other.too_many
+        self._add(other.counts)
+
+    def _add(self, counts: pl.DataFrame) -> None:
+        merged = (pl.concat([self.counts, counts]).group_by("code", "text_value").agg(pl.col("n").sum())
+                  .filter(~pl.col("code").is_in(sorted(self.too_many))))
+        distinct = merged.group_by("code").agg(k=pl.len())
+        self.too_many.update(distinct.filter(pl.col("k") > self.limit)["code"].to_list())
+        self.counts = merged.filter(~pl.col("code").is_in(sorted(self.too_many)))
 
 
 def _sum_counts(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:

@@ -33,7 +33,7 @@ from flax import nnx
 from meds import LabelSchema
 
 from ehr_jax import parallel, rundir
-from ehr_jax.data import meds, prepare, shards
+from ehr_jax.data import meds, prepare, shards, tokenize
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.evaluation import metrics, probe, tasks, zero_shot
 from ehr_jax.model import init as model_init
@@ -112,7 +112,9 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str)
     vocab = shards.read_vocab(prepared_dir)
     model = restore_model(run_dir, config, len(vocab))
     splits = ("held_out", "train") if settings.probe else ("held_out",)
-    dataset = open_meds(shards.read_manifest(prepared_dir), prepared_dir)
+    manifest = shards.read_manifest(prepared_dir)
+    first_age = tokenize.first_age_id(manifest)
+    dataset = open_meds(manifest, prepared_dir)
     labels = collect_labels(settings, dataset, prepared_dir, splits)
     records = {split: _records_of(prepared_dir, split, labels) for split in splits}
     budget = RolloutBudget(prepare.tokens_per_day(prepared_dir),
@@ -128,11 +130,11 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str)
         if held.height == 0:
             logging.warning("evaluation: task %s has no held_out cases; skipped", task)
             continue
-        cases = tasks.build_cases(held, records["held_out"].values(), vocab, settings.prompt_len)
+        cases = tasks.build_cases(held, records["held_out"].values(), vocab, settings.prompt_len, first_age)
         train_cases = None
         if settings.probe and labels[task].get("train") is not None and labels[task]["train"].height:
             train_cases = tasks.build_cases(labels[task]["train"], records["train"].values(), vocab,
-                                            settings.prompt_len)
+                                            settings.prompt_len, first_age)
         predictions, not_run = predictors.predict(task, cases, train_cases, vocab)
         results[task] = {}
         for method, (probability, extra) in predictions.items():
@@ -330,7 +332,7 @@ def collect_labels(settings: EvalSettings, dataset: meds.MedsDataset, prepared_d
 
 def cached_stays(dataset: meds.MedsDataset, prepared_dir: str, split: str) -> pl.DataFrame:
     """Hospital stays of a split, derived once per prepared dir and reused by every run."""
-    path = Path(prepared_dir) / "eval_stays" / f"{split}.parquet"
+    path = Path(prepared_dir) / "eval_stays" / f"{split}.v{tasks.STAYS_VERSION}.parquet"
     if path.exists():
         return pl.read_parquet(path)
     stays = tasks.hospital_stays(meds.iter_split_frames(dataset, split))

@@ -15,7 +15,8 @@ The built-in definitions match codes by prefix (`HOSPITAL_ADMISSION`, `HOSPITAL_
 - readmission_30d: prediction at discharge; in-hospital deaths excluded; positive if a new
   HOSPITAL_ADMISSION follows within 30 days.
 
-Stays without a discharge, or overlapping the next admission, are ambiguous and skipped.
+A death closes a stay that has no discharge row before it. Stays without a discharge or a
+death, or overlapping the next admission, are ambiguous and skipped.
 "Usable at prediction time" follows MEDS: events at or before prediction_time, nothing after.
 """
 
@@ -28,6 +29,7 @@ from typing import Iterable
 import numpy as np
 import polars as pl
 
+from ehr_jax.data import tokenize
 from ehr_jax.errors import ConfigError, DataError
 
 LABEL_COLUMNS = {"subject_id": pl.Int64, "prediction_time": pl.Datetime("us"),
@@ -37,6 +39,7 @@ SPLIT_NAMES = ("train", "tuning", "held_out")
 ADMISSION, DISCHARGE, ICU, DEATH = "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "ICU_ADMISSION", "MEDS_DEATH"
 DIED_SUFFIXES = ("DIED", "EXPIRED", "DEATH", "DEAD")  # discharge locations that mean death
 DAY_US = 86_400 * 1_000_000
+STAYS_VERSION = 2  # bump when hospital_stays changes: cached stays of older rules are not reused
 LONG_STAY_QUANTILE = 0.95  # rollouts of stay-bounded tasks get the time of a stay this long
 
 
@@ -158,7 +161,8 @@ def hospital_stays(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
     """One row per unambiguous stay: subject_id, admit, discharge, death, icu, next_admit.
 
     death is the subject's first death at or after admission (MEDS_DEATH or a DIED discharge),
-    icu the first ICU admission at or after admission.
+    icu the first ICU admission at or after admission. The stay ends at its first discharge,
+    or at the death when that comes first (a death without a discharge row closes the stay).
     """
     kinds = {ADMISSION: "admit", DISCHARGE: "discharge", ICU: "icu", DEATH: "death"}
     parts = []
@@ -185,6 +189,10 @@ def hospital_stays(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
     for name in ("discharge", "death", "icu"):
         stays = stays.join_asof(times(name), left_on="admit", right_on=name, by="subject_id",
                                 strategy="forward", check_sortedness=False)
+    # A death closes the stay even without a discharge row (not every ETL writes one).
+    died_first = pl.col("death").is_not_null() & (pl.col("discharge").is_null()
+                                                  | (pl.col("death") < pl.col("discharge")))
+    stays = stays.with_columns(discharge=pl.when(died_first).then(pl.col("death")).otherwise(pl.col("discharge")))
     stays = stays.filter(pl.col("discharge").is_not_null()
                          & (pl.col("next_admit").is_null() | (pl.col("next_admit") > pl.col("discharge"))))
     return stays.select("subject_id", "admit", "discharge", "death", "icu", "next_admit")
@@ -308,11 +316,14 @@ class Cases:
         return np.maximum(self.horizon_seconds(rule), 0.0) / 86_400
 
 
-def build_cases(labels: pl.DataFrame, records: Iterable, vocab: list[str], prompt_len: int) -> Cases:
+def build_cases(labels: pl.DataFrame, records: Iterable, vocab: list[str], prompt_len: int,
+                first_age: int | None = None) -> Cases:
     """Cuts every labelled subject's record at its prediction times (MEDS: times <= t).
 
     `records` are shard PatientRecords; only labelled subjects are kept in memory. A labelled
     subject without a record, or a prediction time outside its timeline, raises DataError.
+    first_age (tokenize.first_age_id of the prepared dir): the prompt's age token states the
+    age at the prediction time, as training windows state it at their start.
     """
     wanted = set(labels["subject_id"].to_list())
     by_subject = {r.subject_id: r for r in records if r.subject_id in wanted}
@@ -326,7 +337,11 @@ def build_cases(labels: pl.DataFrame, records: Iterable, vocab: list[str], promp
             raise DataError(f"{source}: column 'subject_id': a labelled subject has no prepared "
                             "record in this split; expected labels for subjects of the prepared data")
         end = history_end(record.times, record.n_prefix, int(t), source)
-        prompts.append(cut_prompt(record.tokens, record.n_prefix, end, prompt_len))
+        prompt = cut_prompt(record.tokens, record.n_prefix, end, prompt_len)
+        if first_age is not None and 0 < record.n_prefix <= min(prompt_len // 2, end):
+            prompt[record.n_prefix - 1] = tokenize.restate_age(record.tokens, record.times, record.n_prefix,
+                                                               int(t), first_age)
+        prompts.append(prompt)
         last_event.append(int(record.times[end - 1]))
         admissions = np.flatnonzero(admission_V[record.tokens[record.n_prefix:end]])
         last_admission.append(int(record.times[record.n_prefix + admissions[-1]]) if admissions.size else -1)

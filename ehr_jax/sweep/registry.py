@@ -49,10 +49,14 @@ def record_result(workdir: str, summary: dict, name: str) -> bool:
 
 
 def _line_name(line: dict) -> str:
+    """The run a line belongs to: its run_name (the run dir's name), else its grid point's name
+    (a sweep of one seed names runs without the seed)."""
+    if line.get("run_name"):
+        return line["run_name"]
     point = line.get("grid_point") or (line.get("config") or {}).get("grid_point") or {}
     if point.get("size") and point.get("budget"):
         return grid_lib.run_name(point["budget"], point["size"])
-    return line.get("run_name", "")
+    return ""
 
 
 def sync_results(workdir: str, names: list[str]) -> int:

@@ -45,22 +45,38 @@ class Restored:
 class Checkpointer:
     """Keep-N asynchronous CheckpointManager under <workdir>/checkpoints.
 
+    `keep_steps` are kept whatever `keep` says: a wsd sweep's stable run keeps the step at
+    which each cooldown branch starts (ehr_jax.sweep). `read_only` opens another run's
+    checkpoints (a branch's source) without ever deleting or writing there.
     Every process must call save/restore (Orbax coordinates the writes); only the primary
     host writes the metadata files.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int, use_async: bool = True):
+    def __init__(self, directory: str | os.PathLike, *, keep: int, keep_steps: tuple = (),
+                 use_async: bool = True, read_only: bool = False):
         if keep < 1:
             raise ConfigError(f"train.keep_checkpoints must be >= 1; got {keep}")
         _use_whole_arrays_on_cpu()
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True)
+        elif keep_steps:
+            options = ocp.CheckpointManagerOptions(
+                create=True, enable_async_checkpointing=use_async,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
+                    ocp.checkpoint_managers.LatestN(keep),
+                    ocp.checkpoint_managers.CustomSteps(sorted(int(s) for s in keep_steps))]))
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: tuple[Any, Any], loader_state: dict,
              meta: dict | None = None) -> None:
@@ -83,15 +99,17 @@ class Checkpointer:
         """The newest complete checkpoint restored onto the (model, optimizer) targets' shardings,
         or None when there is none."""
         step = self._latest_with_items()
-        if step is None:
-            return None
+        return None if step is None else self.restore(step, abstract_state)
+
+    def restore(self, step: int, abstract_state: tuple[Any, Any]) -> Restored:
+        """The checkpoint of `step` (which must exist) onto the (model, optimizer) targets."""
         model, optimizer = abstract_state
         restored = self._manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(model),
             optimizer=ocp.args.StandardRestore(optimizer),
             loader=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
-        logging.info("checkpoint: resumed from step %d in %s", step, self.directory)
+        logging.info("checkpoint: restored step %d from %s", step, self.directory)
         return Restored(step, (restored.model, restored.optimizer), dict(restored.loader),
                         dict(restored.meta or {}))
 

@@ -138,21 +138,21 @@ def make_schedule(train: ml_collections.ConfigDict, peak_lr: float, steps: int) 
     train.warmup_steps > 0 fixes the warmup length (a sweep's stable run and its branches must
     share it); 0 takes warmup_frac of the run's steps.
     """
-    kind = train.get("schedule", "cosine")
+    kind = train.schedule
     if kind not in SCHEDULES:
         raise ConfigError(f"train.schedule must be one of {SCHEDULES}; got {kind!r}")
     if not 0 <= train.min_lr_ratio <= 1:
         raise ConfigError(f"train.min_lr_ratio must be in [0, 1]; got {train.min_lr_ratio}")
-    fixed = int(train.get("warmup_steps", 0))
+    fixed = int(train.warmup_steps)
     if fixed < 0:
         raise ConfigError(f"train.warmup_steps must be >= 0 (0: warmup_frac); got {fixed}")
     warmup = fixed or warmup_steps(steps, train.warmup_frac)
     if kind == "cosine":
         return Schedule("cosine", peak_lr, steps, warmup, warmup, train.min_lr_ratio)
-    shape = train.get("cooldown_shape", "linear")
+    shape = train.cooldown_shape
     if shape not in COOLDOWN_SHAPES:
         raise ConfigError(f"train.cooldown_shape must be one of {COOLDOWN_SHAPES}; got {shape!r}")
-    frac = float(train.get("cooldown_frac", 0.2))
+    frac = float(train.cooldown_frac)
     start = cooldown_start(steps, frac)
     if warmup > start:
         raise ConfigError(f"train.schedule='wsd': the warmup ({warmup} steps) must end before "

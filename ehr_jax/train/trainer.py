@@ -29,7 +29,7 @@ from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
 from ehr_jax.model import init as model_init
 from ehr_jax.model import sizes, transformer
-from ehr_jax.train import checkpoint, metrics, optim
+from ehr_jax.train import branch, checkpoint, memory, metrics, optim
 from ehr_jax.train.profiler import StepProfiler
 
 Batch = dict[str, np.ndarray]
@@ -76,33 +76,53 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     manifest = shards.read_manifest(prepared_dir)
     model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
     plan = make_plan(config, model_cfg)
+    memory.check_config(config.train)
+    if config.train.grad_accum_steps:
+        memory.check_accumulation(config.train.grad_accum_steps, plan.global_batch_size,
+                                  batch_shards, tuple(config.mesh.shape))
     loader = data_loader.train_loader(
         prepared_dir, seq_len=plan.seq_len, global_batch_size=plan.global_batch_size,
         seed=config.seed, num_workers=config.data.num_workers)
+
+    # Programs compiled once per model shape (the schedule's numbers are inputs of the train
+    # step, not part of it); the memory pre-flight compiles the step ahead of time and picks
+    # remat / accumulation so that it fits a device (train/memory.py).
+    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
+    settings = optim.static_settings(config.train, schedule)
+    fit = fit_memory(config.train, model_cfg, mesh, settings, plan.global_batch_size)
+    model_cfg = dataclasses.replace(model_cfg, remat=fit.setting.remat)
+    programs = compiled_programs(model_cfg, mesh, settings, plan.global_batch_size,
+                                 fit.setting.accum_steps)
+    # Validation batches no larger than a micro-batch: what fits for training fits for eval.
     val_batches = data_loader.eval_batches(
-        prepared_dir, "tuning", seq_len=plan.seq_len, batch_size=plan.global_batch_size,
+        prepared_dir, "tuning", seq_len=plan.seq_len,
+        batch_size=plan.global_batch_size // fit.setting.accum_steps,
         max_tokens=config.train.eval_tokens)
     if is_writer:
         os.makedirs(workdir, exist_ok=True)
         rundir.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
-    # Model and optimizer, created directly in their shardings, by programs compiled once per
-    # model shape: the schedule's numbers are inputs of the train step, not part of it.
-    schedule = optim.make_schedule(config.train, plan.peak_lr, plan.steps)
-    programs = compiled_programs(model_cfg, mesh, optim.static_settings(config.train, schedule),
-                                 plan.global_batch_size)
+    # Model and optimizer, created directly in their shardings.
     state = programs.init(config.seed)
     batch_sharding = programs.batch_sharding
     schedule_inputs = jax.device_put(schedule.inputs(), programs.replicated)
     eval_step = programs.eval_step
+    step_program = programs.compiled_train_step or programs.train_step
 
     def train_step(state, batch):
-        return programs.train_step(state, batch, schedule_inputs)
+        return step_program(state, batch, schedule_inputs)
 
     # Restore: parameters, optimizer state and loader position come back together.
+    # A cooldown branch starts from its source run's checkpoint (ehr_jax.train.branch) until it
+    # has one of its own.
     checkpointer = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+        keep_steps=tuple(config.train.keep_steps))
     restored = checkpointer.restore_latest(checkpoint.abstract_like(state))
+    if restored is None and config.train.branch_from:
+        restored = branch.restore(config, schedule, checkpoint.abstract_like(state),
+                                  tokens_per_step=plan.tokens_per_step,
+                                  flops_per_token=plan.flops_per_token)
     meta: dict = {}
     if restored is not None:
         if restored.step > plan.steps:
@@ -139,8 +159,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     type_names = metrics.token_type_names(shards.read_vocab(prepared_dir))
 
     wall_s = meta.get("wall_s", 0.0) + time.perf_counter() - wall_start
-    summary = build_summary(config, workdir, plan, model_cfg, manifest, loop, val, type_names,
-                            wall_s, num_windows=data_loader.num_windows(
+    summary = build_summary(config, workdir, plan, schedule, model_cfg, manifest, loop, val,
+                            type_names, wall_s, fit, num_windows=data_loader.num_windows(
                                 prepared_dir, "train", plan.seq_len))
     if is_writer:  # summary.json last: a run dir holding it is done for the sweep
         rundir.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
@@ -187,26 +207,65 @@ class Programs:
     init: Callable  # seed -> (model, optimizer) state, initialised in its shardings
     train_step: Callable  # (state, batch, schedule_inputs) -> (state, metrics); state donated
     eval_step: Callable  # (state, batch) -> per-position masked losses
+    abstract_args: tuple  # (state, batch, schedule_inputs) as sharded ShapeDtypeStructs
+    compiled_train_step: Any = None  # train_step compiled ahead of time (the memory pre-flight)
+
+    def compile_train_step(self) -> Any:
+        """train_step compiled ahead of time for abstract arguments (kept: training runs it)."""
+        if self.compiled_train_step is None:
+            with jax.set_mesh(self.batch_sharding.mesh):
+                self.compiled_train_step = self.train_step.fn.lower(*self.abstract_args).compile()
+        return self.compiled_train_step
 
 
 @functools.lru_cache(maxsize=16)
 def compiled_programs(model_cfg: transformer.ModelConfig, mesh: jax.sharding.Mesh,
-                      settings: tuple, global_batch_size: int) -> Programs:
+                      settings: tuple, global_batch_size: int, accum_steps: int = 1) -> Programs:
     """The Programs of a shape; settings: optim.static_settings (what shapes the step)."""
     static = dict(settings)
     tx = optim.make_optimizer(ml_collections.ConfigDict(static))
     graphdef, state_sharding, init = model_init.make_init(model_cfg, mesh, tx)
+    _, abstract_state = model_init.abstract(model_cfg, mesh, tx)
     batch_sharding = parallel.batch_sharding(mesh)
-    shape = (f"{model_cfg.size.name} (batch {global_batch_size} x {model_cfg.seq_len}, "
-             f"{model_cfg.dtype}, {static['schedule']} schedule, {mesh.size} devices)")
+    replicated = parallel.replicated(mesh)
+    shape = (global_batch_size, model_cfg.seq_len)
+    abstract_batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+                      for key, dtype in (("tokens", jnp.int32), ("targets", jnp.int32),
+                                         ("mask", jnp.float32))}
+    abstract_inputs = {key: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+                       for key in optim.Schedule(static["schedule"], 1.0, 2, 0, 0, 0.0).inputs()}
+    what = (f"{model_cfg.size.name} (batch {global_batch_size} x {model_cfg.seq_len}, "
+            f"{model_cfg.dtype}, {static['schedule']} schedule, {mesh.size} devices)")
     return Programs(
-        graphdef, state_sharding, batch_sharding, parallel.replicated(mesh),
-        _LogFirstCall(init, f"init program for {shape}"),
+        graphdef, state_sharding, batch_sharding, replicated,
+        _LogFirstCall(init, f"init program for {what}"),
         _LogFirstCall(make_train_step(graphdef, state_sharding, batch_sharding,
-                                      static["schedule"], static["cooldown_shape"]),
-                      f"train step for {shape}"),
+                                      static["schedule"], static["cooldown_shape"], accum_steps),
+                      f"train step for {what}"),
         _LogFirstCall(make_eval_step(graphdef, state_sharding, batch_sharding),
-                      f"eval step for {shape}"))
+                      f"eval step for {what}"),
+        (abstract_state, abstract_batch, abstract_inputs))
+
+
+def fit_memory(train: ml_collections.ConfigDict, model_cfg: transformer.ModelConfig,
+               mesh: jax.sharding.Mesh, settings: tuple, global_batch_size: int) -> memory.Fit:
+    """The remat / accumulation setting whose train step fits one device, its step compiled
+    ahead of time and kept in compiled_programs (see ehr_jax/train/memory.py)."""
+    def compile_step(setting: memory.Setting) -> Any:
+        cfg = dataclasses.replace(model_cfg, remat=setting.remat)
+        return compiled_programs(cfg, mesh, settings, global_batch_size,
+                                 setting.accum_steps).compile_train_step()
+
+    rows = global_batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
+    fit = memory.choose(train, remat=model_cfg.remat, rows_per_shard=rows,
+                        limit_bytes=memory.device_memory_bytes(train, jax.local_devices()[0]),
+                        compile_step=compile_step,
+                        what=f"{model_cfg.size.name} at {rows} rows x {model_cfg.seq_len} "
+                             f"tokens per batch shard")
+    logging.info("memory: %s%s", fit.setting.describe(), "" if fit.need_bytes is None else
+                 f", {fit.need_bytes / memory.GIB:.2f} GiB per device of "
+                 f"{fit.limit_bytes / memory.GIB:.2f}")
+    return fit
 
 
 class _LogFirstCall:
@@ -236,23 +295,43 @@ def masked_token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
 
 
 def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: str,
-                  cooldown_shape: str = "linear") -> Callable:
+                  cooldown_shape: str = "linear", accum_steps: int = 1,
+                  grad_sharding: Any = None) -> Callable:
     """The pure (state, batch, schedule_inputs) -> (state, metrics) of one run, not jitted:
     make_train_step jits it with shardings, ehr_jax.train.packed vmaps it over runs.
 
     The learning rate is computed inside from the optimizer's step and the schedule's numbers
     (optim.Schedule.inputs), so the compiled step does not depend on a run's length or peak.
+    With accum_steps > 1 the global batch is cut into that many micro-batches, run one after
+    another (lax.scan: activations of one micro-batch at a time) with their gradients summed
+    (in `grad_sharding`, the parameters' sharding). The loss stays the token-weighted mean over
+    the whole global batch (every per-token loss divided by the batch's total target count, not
+    a mean of micro-batch means), so loss and update equal the single-pass step's up to float
+    summation order.
     """
     def train_step(state, batch, schedule_inputs):
-        model, optimizer = map(nnx.merge, graphdef, state)
+        params, optimizer_state = state
+        n_targets = batch["mask"].sum()
+        denominator = jnp.maximum(n_targets, 1.0)
 
-        def loss_fn(model):
-            logits_BxLxV = model(batch["tokens"])
-            losses_BxL = masked_token_losses(logits_BxLxV, batch["targets"], batch["mask"])
-            n_targets = batch["mask"].sum()
-            return losses_BxL.sum() / jnp.maximum(n_targets, 1.0), n_targets
+        def loss_fn(params, micro):
+            logits_BxLxV = nnx.merge(graphdef[0], params)(micro["tokens"])
+            losses_BxL = masked_token_losses(logits_BxLxV, micro["targets"], micro["mask"])
+            return losses_BxL.sum() / denominator
 
-        (loss, n_targets), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        grad_fn = jax.value_and_grad(loss_fn)
+        if accum_steps == 1:
+            loss, grads = grad_fn(params, batch)
+        else:
+            def accumulate(carry, micro):
+                return jax.tree.map(jnp.add, carry, grad_fn(params, micro)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            if grad_sharding is not None:
+                zeros = jax.lax.with_sharding_constraint(zeros, grad_sharding)
+            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                            split_micro_batches(batch, accum_steps))
+        model, optimizer = nnx.merge(graphdef[0], params), nnx.merge(graphdef[1], optimizer_state)
         lr = optim.learning_rate(optimizer.step[...], schedule_inputs, schedule_kind,
                                  cooldown_shape)
         optimizer.update(model, grads, learning_rate=lr)
@@ -263,14 +342,27 @@ def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: st
     return train_step
 
 
+def split_micro_batches(batch: dict, accum_steps: int) -> dict:
+    """[B, ...] -> [accum_steps, B / accum_steps, ...]: micro-batch k takes rows k, k + A, ...
+
+    Strided rows keep every micro-batch spread over all batch shards like the global batch, so
+    the split moves no data between devices (each device's B / shards rows split A ways).
+    """
+    def split(x):
+        micro = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+        return parallel.constrain(micro, (None, "batch") + (None,) * (x.ndim - 1), "micro-batches")
+
+    return {key: split(value) for key, value in batch.items()}
+
+
 def make_train_step(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], state_sharding: Any,
                     batch_sharding: Any, schedule_kind: str,
-                    cooldown_shape: str = "linear") -> Callable:
+                    cooldown_shape: str = "linear", accum_steps: int = 1) -> Callable:
     """jit'd (state, batch, schedule_inputs) -> (state, metrics) of train_step_fn; the state
     (model, optimizer) is donated (updated in place)."""
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.jit(train_step_fn(graphdef, schedule_kind, cooldown_shape),
-                   in_shardings=(state_sharding, batch_sharding, replicated),
+    step = train_step_fn(graphdef, schedule_kind, cooldown_shape, accum_steps, state_sharding[0])
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding, replicated),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
@@ -324,6 +416,7 @@ class TrainLoop:
         self.train_step, self.eval_step = train_step, eval_step
         self.loader, self.val_batches, self.batch_sharding = loader, val_batches, batch_sharding
         self.checkpointer, self.writer, self.chrono = checkpointer, writer, chrono
+        self.keep_steps = frozenset(int(s) for s in train_cfg.keep_steps)
         window = max(1, min(int(train_cfg.log_every), plan.steps))
         self.recent_losses = collections.deque(meta.get("recent_losses", []), maxlen=window)
         self.target_tokens = int(meta.get("target_tokens", 0))
@@ -350,7 +443,8 @@ class TrainLoop:
             pending = (step + 1, step_metrics)
             done = step + 1
             eval_due = bool(self.cfg.eval_every) and done % self.cfg.eval_every == 0
-            save_due = done % self.cfg.checkpoint_every == 0 or done == self.plan.steps
+            save_due = (done % self.cfg.checkpoint_every == 0 or done == self.plan.steps
+                        or done in self.keep_steps)
             if (eval_due and done < self.plan.steps) or save_due:
                 self.record(*pending)  # also the NaN check before anything is saved
                 pending = None
@@ -399,10 +493,15 @@ class TrainLoop:
 
 
 def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
-                  model_cfg: transformer.ModelConfig, manifest: dict, loop: TrainLoop,
-                  val: metrics.ValLosses, type_names: np.ndarray, wall_s: float,
-                  num_windows: int) -> dict:
-    """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient."""
+                  schedule: optim.Schedule, model_cfg: transformer.ModelConfig, manifest: dict,
+                  loop: TrainLoop, val: metrics.ValLosses, type_names: np.ndarray, wall_s: float,
+                  fit: memory.Fit, num_windows: int) -> dict:
+    """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient.
+
+    A cooldown branch's wall_s includes its source run's time up to the branch point (what an
+    independent run would have taken); branched_from_step says where it started.
+    """
+    branch_from = config.train.branch_from
     tokens = plan.steps * plan.tokens_per_step
     rates = loop.chrono.rates()
     provenance = manifest.get("provenance", {})
@@ -426,14 +525,20 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "val_loss": val.mean,
         "loss_by_token_type": metrics.loss_by_token_type(val, type_names),
         "epochs_over_data": plan.steps * plan.global_batch_size / max(num_windows, 1),
+        "unique_tokens": manifest["splits"]["train"]["num_tokens"],
+        "seed": int(config.seed),
         "steps": plan.steps,
         "global_batch_size": plan.global_batch_size,
         "seq_len": plan.seq_len,
         "peak_lr": plan.peak_lr,
+        **schedule.describe(),
+        "branched_from": os.path.basename(os.path.normpath(branch_from)) if branch_from else None,
+        "branched_from_step": int(config.train.branch_step) if branch_from else None,
         "wall_s": wall_s,
         "tokens_per_s": rates["tokens_per_s"],
         "mfu": rates["mfu"],
         "device_kind": devices[0].device_kind,
+        "memory": fit.summary(),
         "num_devices": len(devices),
         "config": config.to_dict(),
         "etl_name": provenance.get("etl_name"),
