@@ -60,6 +60,8 @@ def run_dir(tmp_path_factory):
 
 def test_evaluate_writes_results_predictions_and_summary(run_dir):
     path, config = run_dir
+    config = config.copy_and_resolve_references()
+    config.eval.write_trajectories = True
     results = runner.evaluate(str(path), config, config.data.prepared_dir)["builtin"]
     assert set(results) == {"mortality", "long_stay"}
     # A probe needs both classes among the train cases, which a tiny dataset may lack.
@@ -85,6 +87,14 @@ def test_evaluate_writes_results_predictions_and_summary(run_dir):
     assert predictions.height == results["mortality"]["zero_shot"]["n_cases"]
     assert predictions["predicted_boolean_probability"].is_between(0, 1).all()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(path / "tensorboard"))
+    # The rollouts as a MEDS dataset: one subject per rollout, mapped back in a side table.
+    import meds
+    import pyarrow.parquet as pq
+
+    rollouts = out / "mortality" / "trajectories"
+    meds.DataSchema.validate(pq.read_table(rollouts / "data" / "held_out" / "0.parquet"))
+    side = pl.read_parquet(rollouts / "rollout_subjects.parquet")
+    assert side.height == 2 * results["mortality"]["zero_shot"]["n_cases"]
     # Subject ids live in the predictions file (meds-evaluation needs them), nowhere a user reads.
     ids = {str(s) for s in predictions["subject_id"].to_list()}
     for text in ((path / "summary.json").read_text(), (out / "results.json").read_text()):

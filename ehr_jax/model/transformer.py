@@ -23,6 +23,9 @@ from ehr_jax.errors import ConfigError
 from ehr_jax.model import attention as attention_lib
 from ehr_jax.model import sizes
 
+# Logit of the padding ids (config.model.vocab_multiple): exp() of it underflows to exactly 0
+# next to any real logit, while staying finite (no inf - inf in a softmax).
+PADDED_LOGIT = -1e9
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The residual stream is split by batch only (weights are gathered for it: FSDP); no-op off-mesh.
 _ACTIVATION_AXES = ("batch", "length", None)
@@ -32,7 +35,7 @@ _ACTIVATION_AXES = ("batch", "length", None)
 class ModelConfig:
     """Everything that fixes the parameter tree and the forward computation."""
 
-    vocab_size: int
+    vocab_size: int  # real tokens; ids from vocab_size up to padded_vocab are never predicted
     seq_len: int  # training window; prefill's default cache capacity adds this much room
     size: sizes.ModelSize  # the ladder rung: width, depth, heads, MLP width
     n_kv_heads: int  # resolved: n_heads when the config says 0
@@ -41,21 +44,29 @@ class ModelConfig:
     scan_layers: bool = False  # resolved: one nnx.scan over stacked blocks, or a Python loop
     dtype: str = "float32"  # resolved compute dtype: float32 or bfloat16
     attention: str = "xla"  # resolved implementation, a name in attention.IMPLEMENTATIONS
+    packed: bool = False  # training rows hold several segments (data.pack): segment ids, positions
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
+    padded_vocab: int = 0  # embedding rows / head columns, vocab_size rounded up (0: vocab_size)
+
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the embedding table and columns of the head (padded_vocab, or vocab_size)."""
+        return max(self.padded_vocab, self.vocab_size)
 
     @property
     def compute_dtype(self):
         return _DTYPES[self.dtype]
 
 
-def model_config(model_cfg, vocab_size: int, seq_len: int, *, packed: bool = False
-                 ) -> ModelConfig:
+def model_config(model_cfg, vocab_size: int, seq_len: int, *, packed: bool = False,
+                 padded_vocab: int | None = None) -> ModelConfig:
     """ModelConfig from config.model (size name, n_kv_heads, tie_embeddings, remat,
-    scan_layers, dtype, attention); `packed` says whether rows hold several segments
-    (data.pack).
+    scan_layers, dtype, attention, vocab_multiple); `packed` says whether rows hold several
+    segments (data.pack).
 
     `model_cfg` is a ConfigDict or plain dict; missing optional keys take base.py's defaults.
+    `padded_vocab` (a checkpoint's embedding rows) overrides what vocab_multiple resolves to.
     """
     size = sizes.get_size(model_cfg["size"])
     dtype = model_cfg.get("dtype", "auto")
@@ -68,12 +79,14 @@ def model_config(model_cfg, vocab_size: int, seq_len: int, *, packed: bool = Fal
         raise ConfigError(f"vocab_size={vocab_size} and seq_len={seq_len} must be positive")
     attention = attention_lib.resolve(model_cfg.get("attention", "auto"), dtype=dtype,
                                       head_dim=size.head_dim, seq_len=seq_len, packed=packed)
+    if padded_vocab is None:
+        padded_vocab = pad_vocab(vocab_size, model_cfg.get("vocab_multiple", 0))
     return ModelConfig(
         vocab_size=vocab_size, seq_len=seq_len, size=size, n_kv_heads=n_kv_heads,
         tie_embeddings=bool(model_cfg.get("tie_embeddings", False)),
         remat=bool(model_cfg.get("remat", False)),
         scan_layers=_scan_layers(model_cfg.get("scan_layers", "auto")), dtype=dtype,
-        attention=attention,
+        attention=attention, packed=packed, padded_vocab=padded_vocab,
     )
 
 
@@ -85,6 +98,21 @@ def _scan_layers(value: str) -> bool:
     if value == "auto":
         return jax.default_backend() in ("gpu", "tpu")
     return value == "on"
+
+
+def pad_vocab(vocab_size: int, multiple: int) -> int:
+    """vocab_size rounded up to config.model.vocab_multiple (0: auto, 128 on GPU/TPU, 1 on CPU).
+
+    A multiple of 128 lets the embedding and head split over the tensor axis and fill matmul
+    tiles (Levanter pads the same way); on CPU auto keeps the vocabulary as it is, so the
+    quickstart's numbers do not change. Padded ids are never predicted (masked in _logits) and
+    never counted in the study's N (sizes.n_params takes the real vocab_size).
+    """
+    if not isinstance(multiple, int) or multiple < 0:
+        raise ConfigError(f"config.model.vocab_multiple={multiple!r}; expected 0 (auto: 128 on "
+                          "GPU/TPU, 1 on CPU) or a positive integer")
+    multiple = multiple or (128 if jax.default_backend() in ("gpu", "tpu") else 1)
+    return -(-vocab_size // multiple) * multiple
 
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
@@ -268,7 +296,7 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        d, vocab = cfg.size.d_model, cfg.vocab_size
+        d, vocab = cfg.size.d_model, cfg.vocab_rows
         # Tied: the table doubles as the head, so it is drawn at 1/sqrt(d) (unit-variance logits)
         # and inputs are scaled back up by sqrt(d) (Gemma). Untied: unit-variance embeddings.
         embed_std = 1.0 / math.sqrt(d) if cfg.tie_embeddings else 1.0
@@ -288,6 +316,9 @@ class Transformer(nnx.Module):
     def _logits(self, h_BxLxD):
         w_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         logits = _project(h_BxLxD, w_DxV, out_dtype=jnp.float32)
+        if self.cfg.vocab_rows > self.cfg.vocab_size:  # padded ids: probability 0 everywhere
+            real_V = jnp.arange(self.cfg.vocab_rows) < self.cfg.vocab_size
+            logits = jnp.where(real_V, logits, PADDED_LOGIT)
         axes = ("batch", "length", "vocab") if logits.ndim == 3 else ("batch", "vocab")
         return parallel.constrain(logits, axes)
 

@@ -23,29 +23,30 @@ from absl import logging
 class Chrono:
     """Training-step clock that skips compile steps and pauses.
 
-    `mark(steps_done)` is called whenever a step is known to be finished (its metrics fetched);
-    the time between two marks counts towards throughput unless `pause()` came in between.
-    The first mark after construction or a pause only sets the reference, so the step that
-    compiles (or waits behind an eval) is never timed.
+    `mark(steps_done, tokens_done)` is called whenever a step is known to be finished (its
+    metrics fetched), with the real (non-pad) tokens trained on so far; the time and tokens
+    between two marks count towards throughput unless `pause()` came in between. The first mark
+    after construction or a pause only sets the reference, so the step that compiles (or waits
+    behind an eval) is never timed. Padding is not counted: tokens/s and MFU are real tokens'.
     """
 
-    def __init__(self, total_steps: int, tokens_per_step: int, flops_per_step: float,
-                 peak_flops_total: float | None):
+    def __init__(self, total_steps: int, flops_per_token: float, peak_flops_total: float | None):
         self.total_steps = total_steps
-        self.tokens_per_step = tokens_per_step
-        self.flops_per_step = flops_per_step
+        self.flops_per_token = flops_per_token
         self.peak_flops_total = peak_flops_total
         self.timed_steps = 0
+        self.timed_tokens = 0
         self.timed_s = 0.0
-        self._ref: tuple[float, int] | None = None
-        self._window = (0, 0.0)  # (timed_steps, timed_s) at the last `window_rates` call
+        self._ref: tuple[float, int, int] | None = None  # (time, steps_done, tokens_done)
+        self._window = (0, 0, 0.0)  # (timed_steps, timed_tokens, timed_s) at the last window
 
-    def mark(self, steps_done: int) -> None:
+    def mark(self, steps_done: int, tokens_done: int) -> None:
         now = time.perf_counter()
         if self._ref is not None and steps_done > self._ref[1]:
             self.timed_s += now - self._ref[0]
             self.timed_steps += steps_done - self._ref[1]
-        self._ref = (now, steps_done)
+            self.timed_tokens += tokens_done - self._ref[2]
+        self._ref = (now, steps_done, tokens_done)
 
     def pause(self) -> None:
         """The next interval holds non-training work (eval, checkpoint, compile): skip it."""
@@ -53,21 +54,21 @@ class Chrono:
 
     def rates(self) -> dict:
         """Cumulative tokens/s and MFU over all timed steps (0 before any)."""
-        return self._rates(self.timed_steps, self.timed_s)
+        return self._rates(self.timed_steps, self.timed_tokens, self.timed_s)
 
     def window_rates(self) -> dict:
         """tokens/s and MFU since the previous call (for TensorBoard points)."""
         steps = self.timed_steps - self._window[0]
-        seconds = self.timed_s - self._window[1]
-        self._window = (self.timed_steps, self.timed_s)
-        return self._rates(steps, seconds) if steps else self.rates()
+        tokens = self.timed_tokens - self._window[1]
+        seconds = self.timed_s - self._window[2]
+        self._window = (self.timed_steps, self.timed_tokens, self.timed_s)
+        return self._rates(steps, tokens, seconds) if steps else self.rates()
 
-    def _rates(self, steps: int, seconds: float) -> dict:
+    def _rates(self, steps: int, tokens: int, seconds: float) -> dict:
         if steps == 0 or seconds <= 0:
             return {"tokens_per_s": 0.0, "flops_per_s": 0.0, "mfu": 0.0}
-        flops_per_s = steps * self.flops_per_step / seconds
-        return {"tokens_per_s": steps * self.tokens_per_step / seconds,
-                "flops_per_s": flops_per_s,
+        flops_per_s = tokens * self.flops_per_token / seconds
+        return {"tokens_per_s": tokens / seconds, "flops_per_s": flops_per_s,
                 "mfu": mfu(flops_per_s, self.peak_flops_total)}
 
     def eta_s(self, steps_done: int) -> float | None:
