@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import time
 
 import jax
@@ -330,9 +329,13 @@ class RolloutSampler:
                       horizon_outcome: bool) -> dict:
         """Decode steps until no slot runs or at least min_free slots are not running."""
         self.traces += 1  # runs at trace time only
-        model = nnx.merge(self.graphdef, state)
-        step = functools.partial(_decode_step, model, positive_V, negative_V, seconds_V, horizon_outcome,
-                                 self.temperature, self.capacity)
+
+        def step(c):
+            # A fresh copy of the model inside the loop body: NNX transforms in it (the layer scan
+            # of model.scan_layers) refuse variables made at the enclosing jit's trace level.
+            model = nnx.merge(self.graphdef, state, copy=True)
+            return _decode_step(model, positive_V, negative_V, seconds_V, horizon_outcome, self.temperature,
+                                self.capacity, c)
 
         def more(c):
             running = c["reason"] == RUNNING
