@@ -38,9 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.tie_embeddings = False  # share the input embedding with the output head
     config.model.vocab_multiple = 0  # pad embedding/head rows to a multiple (0: auto, 128 on GPU/TPU, 1 on CPU)
     config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
-    # attention kernel: auto (splash on TPU, cudnn on GPU or triton when packed, xla on CPU),
-    # xla (reference, builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
-    config.model.attention = "auto"
+    # auto: splash on TPU, cudnn on GPU or triton when packed, xla on CPU; also xla (reference,
+    # builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
+    config.model.attention = "auto"  # attention kernel (the choices above)
+    config.model.scan_layers = "auto"  # nnx.scan over stacked blocks: auto (on for GPU/TPU, off on CPU), on, off
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 16  # windows per step, across all processes

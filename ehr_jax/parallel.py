@@ -33,6 +33,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("norm", None),  # RMSNorm scales: tiny, replicated
+    ("layers", None),  # the stacked blocks' leading axis (model.scan_layers)
 )
 
 

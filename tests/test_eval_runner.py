@@ -2,6 +2,7 @@
 what it returns, what it writes (predictions in the meds-evaluation format, summary.json,
 TensorBoard) and what it must never write (subject ids)."""
 
+import dataclasses
 import datetime
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -209,3 +211,21 @@ def test_restore_model_reads_the_model_item_alone(run_dir, tmp_path):
         capture_output=True, text=True, check=True, cwd=train_fixtures.REPO,
         env={**os.environ, "PYTHONPATH": train_fixtures.REPO})
     assert loaded.stdout.split("\n")[-2] == "['ehr_jax.train', 'ehr_jax.train.checkpoint']"
+
+
+def test_restore_model_keeps_the_checkpoints_layer_layout(run_dir, tmp_path):
+    """A run trained with scanned layers (the GPU/TPU default) evaluates on CPU, where
+    scan_layers "auto" means a loop: the checkpoint's meta says which layout to build."""
+    _, config = run_dir
+    vocab_size = shards.read_manifest(config.data.prepared_dir)["vocab_size"]
+    model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
+    assert not model_cfg.scan_layers
+    model_cfg = dataclasses.replace(model_cfg, scan_layers=True)
+    tx = optim.make_optimizer(config.train)
+    _, state, _ = model_init.init(model_cfg, parallel.make_mesh(tuple(config.mesh.shape)), 0, tx)
+    saver = checkpoint.Checkpointer(tmp_path / "checkpoints", keep=1, use_async=False)
+    saver.save(3, state, {}, {"scan_layers": True})
+    saver.close()
+    model = runner.restore_model(str(tmp_path), config, vocab_size)
+    assert model.cfg.scan_layers and model.blocks.attn.wq[...].shape[0] == 1
+    np.testing.assert_array_equal(model.blocks.attn.wq[...], state[0]["blocks"]["attn"]["wq"][...])

@@ -1,9 +1,12 @@
-"""Trainer contracts: run length, schedule, run dir and summary, NaN guard."""
+"""Trainer contracts: run length, schedule, run dir and summary, NaN guard, MFU peaks."""
 
 import json
 import math
 import os
+import time
+import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -206,6 +209,32 @@ def test_config_mistakes_are_clear_errors_before_training(prepared_dir, tmp_path
     with pytest.raises(ConfigError, match=message):
         trainer.run(config, str(tmp_path), config.data.prepared_dir)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_peak_flops_table_and_measured_fallback():
+    def kind(name):
+        return types.SimpleNamespace(device_kind=name, platform="gpu")
+
+    assert metrics.peak_flops(kind("NVIDIA H100 80GB HBM3")) == 989e12
+    assert metrics.peak_flops(kind("NVIDIA H100 PCIe")) == 756e12
+    assert metrics.peak_flops(kind("NVIDIA H200")) == 989e12
+    assert metrics.peak_flops(kind("TPU v5 lite")) == 197e12
+    assert metrics.peak_flops(kind("TPU v5p")) == 459e12
+    # Longest match wins: an A100 is not an A10, an L40S not an L4.
+    assert metrics.peak_flops(kind("NVIDIA A100-SXM4-80GB")) == 312e12
+    assert metrics.peak_flops(kind("NVIDIA A10G")) == 125e12
+    assert metrics.peak_flops(kind("NVIDIA L40S")) == 362e12
+    assert metrics.peak_flops(kind("NVIDIA L4")) == 121e12
+    assert metrics.peak_flops(kind("NVIDIA B200")) == 2250e12
+    assert metrics.peak_flops(kind("TPU v3")) == 123e12
+    assert metrics.peak_flops(kind("TPU7x")) == 2307e12
+    cpu = jax.devices()[0]
+    measured = metrics.peak_flops(cpu)
+    start = time.perf_counter()
+    assert metrics.peak_flops(cpu) == measured  # cached: measured once per process
+    assert time.perf_counter() - start < 0.1
+    # 8 fake devices share the host: each gets an eighth of a plausible host peak.
+    assert 1e8 < measured * jax.local_device_count() < 1e13
 
 
 def _one_step(accum_steps, batch, mesh, remat=False):

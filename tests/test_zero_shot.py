@@ -285,3 +285,33 @@ def test_slots_split_over_8_devices_give_the_one_device_result(tiny_transformer)
     for field in ("outcome_CxR", "reason_CxR", "new_tokens_CxR", "tokens_CxRxT"):
         np.testing.assert_array_equal(getattr(one, field), getattr(sharded, field))
     assert (one.reason_CxR != zero_shot.CAPPED).any() and one.outcome_CxR.any()  # the rules did fire
+
+
+@pytest.mark.slow
+def test_rollouts_with_scanned_layers_equal_the_loop():
+    """model.scan_layers stacks the K/V caches ([layers, B, S, KV, K]): the case pool, slot
+    refills (12 rollouts through 8 slots) and the slot sharding over 8 devices find the slot axis there too, and greedy
+    rollouts equal those of the same parameters run as a loop, on one device and on 8."""
+    from ehr_jax import parallel
+
+    rng = np.random.default_rng(4)
+    tokens, valid = zero_shot.left_pad([rng.integers(1, 23, n) for n in (2, 4, 3, 1, 4, 2)], 4)
+    rule = zero_shot.resolve_rule(OutcomeRule(positive=("X3",), negative=("X4",)), BIG_VOCAB)
+    mesh = parallel.make_mesh((8, 1, 1))
+    results = {}
+    for scan in ("off", "on"):
+        model_cfg = ml_collections.ConfigDict({"size": "d32-l2", "dtype": "float32", "scan_layers": scan})
+        model = transformer.Transformer(transformer.model_config(model_cfg, vocab_size=len(BIG_VOCAB), seq_len=16),
+                                        rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(model)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        on_mesh = nnx.merge(graphdef, jax.device_put(state, replicated))
+        for where, m, sampler_mesh in (("one", model, None), ("mesh", on_mesh, mesh)):
+            sampler = zero_shot.RolloutSampler(m, prompt_len=4, max_new_tokens=6, num_rollouts=2, cases_per_batch=4,
+                                               window=4, temperature=1e-6, record_tokens=True, mesh=sampler_mesh)
+            results[scan, where] = sampler.run(tokens, valid, np.full(6, np.inf), rule, cap_C=np.array([3, 6] * 3))
+    assert not isinstance(on_mesh.blocks, nnx.List)  # the last model built is the scanned one
+    reference = results["off", "one"]
+    for key, result in results.items():
+        for field in ("reason_CxR", "new_tokens_CxR", "tokens_CxRxT"):
+            np.testing.assert_array_equal(getattr(result, field), getattr(reference, field), err_msg=str(key))

@@ -295,7 +295,12 @@ class Predictors:
 def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: int,
                   mesh: jax.sharding.Mesh | None = None) -> nnx.Module:
     """The model of the run's newest checkpoint, sharded over `mesh` as in training (default:
-    one device); the optimizer item stays on disk."""
+    one device); the optimizer item stays on disk.
+
+    The layer layout (scan_layers) and the embedding's rows (vocabulary padding) are the ones
+    the checkpoint records, whatever this backend's defaults, so a run trained on GPU evaluates
+    on CPU.
+    """
     mesh = mesh or parallel.make_mesh((1, 1, 1), jax.devices()[:1])
     directory = os.path.join(run_dir, rundir.CHECKPOINTS)
     if not os.path.isdir(directory):
@@ -303,18 +308,18 @@ def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: i
     checkpointer = checkpoint.Checkpointer(directory, keep=max(1, int(config.train.keep_checkpoints)),
                                            use_async=False)
     try:
-        # The trained embedding's rows: its vocabulary padding (model.vocab_multiple "auto"
-        # depends on the backend it trained on, which need not be this one).
+        meta = checkpointer.latest_meta()
+        if meta is None:
+            raise DataError(f"{directory}: no complete checkpoint; train the run first")
         rows = checkpointer.model_shape("embed")
         model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len,
                                              padded_vocab=rows[0] if rows else None)
+        scan_layers = bool(meta.get("scan_layers", model_cfg.scan_layers))
+        model_cfg = dataclasses.replace(model_cfg, scan_layers=scan_layers)
         graphdef, abstract = model_init.abstract(model_cfg, mesh)
-        restored = checkpointer.restore_model(abstract)
+        step, state = checkpointer.restore_model(abstract)
     finally:
         checkpointer.close()
-    if restored is None:
-        raise DataError(f"{directory}: no complete checkpoint; train the run first")
-    step, state = restored
     logging.info("evaluation: restored the model of step %d of %s", step, run_dir)
     return nnx.merge(graphdef, state)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import time
 
 import jax
@@ -206,7 +205,11 @@ class RolloutSampler:
         for start in range(0, n, c):
             rows = np.arange(start, start + c) % n  # padding rows repeat real cases
             chunks.append(self._prefill(self.state, self._place(prompts_GxP[rows]), self._place(valid_GxP[rows])))
-        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *chunks)
+        def join(path, *xs):
+            axis = _slot_axis(path, xs[0])
+            return jax.lax.slice_in_dim(jnp.concatenate(xs, axis=axis), 0, n, axis=axis)
+
+        return jax.tree_util.tree_map_with_path(join, *chunks)
 
     def _prefill_chunk(self, state, prompts_CxP, valid_CxP) -> dict:
         model = nnx.merge(self.graphdef, state)
@@ -263,18 +266,27 @@ class RolloutSampler:
         if self._init is None:
             shardings = None
             if self.mesh is not None:
-                slots = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(parallel.BATCH_AXES))
                 whole = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
                 shapes = jax.eval_shape(self._idle_state, pool, 0, 0)
-                shardings = jax.tree.map(lambda x: slots if x.ndim and x.shape[0] == self.num_slots else whole,
-                                         shapes)
+                def spec(path, x):
+                    axis = _slot_axis(path, x)
+                    if not x.ndim or x.shape[axis] != self.num_slots:
+                        return whole
+                    return jax.sharding.NamedSharding(
+                        self.mesh, jax.sharding.PartitionSpec(*(None,) * axis, parallel.BATCH_AXES))
+
+                shardings = jax.tree_util.tree_map_with_path(spec, shapes)
             self._init = jax.jit(self._idle_state, out_shardings=shardings)
         return self._init(pool, np.int32(seed), np.int32(group))
 
     def _idle_state(self, pool: dict, seed, group) -> dict:
         n = self.num_slots
         zeros_b, zeros_i = jnp.zeros(n, bool), jnp.zeros(n, jnp.int32)
-        slots = jax.tree.map(lambda x: jnp.zeros((n,) + x.shape[1:], x.dtype), pool)
+        def idle(path, x):
+            axis = _slot_axis(path, x)
+            return jnp.zeros(x.shape[:axis] + (n,) + x.shape[axis + 1:], x.dtype)
+
+        slots = jax.tree_util.tree_map_with_path(idle, pool)
         cache = transformer.KVCache(k=slots["k"], v=slots["v"], valid_BxS=slots["valid"], pos_B=slots["pos"],
                                     index=jnp.int32(self.prompt_len))
         carry = dict(logits=slots["logits"], cache=cache, key=jax.random.fold_in(jax.random.key(seed), group),
@@ -292,13 +304,16 @@ class RolloutSampler:
         cache = carry["cache"]
         shift = (cache.index - self.prompt_len) % self.capacity
 
-        def put(pool_x, slot_x, ring: bool):
-            x = pool_x[case]
-            x = jnp.roll(x, shift, axis=1) if ring else x
-            return jnp.where(fill.reshape((-1,) + (1,) * (x.ndim - 1)), x, slot_x)
+        def put(pool_x, slot_x, ring: bool, axis: int = 0):
+            x = jnp.take(pool_x, case, axis=axis)
+            x = jnp.roll(x, shift, axis=axis + 1) if ring else x
+            return jnp.where(fill.reshape((1,) * axis + (-1,) + (1,) * (x.ndim - axis - 1)), x, slot_x)
 
-        cache = cache._replace(k=tuple(put(p, x, True) for p, x in zip(pool["k"], cache.k)),
-                               v=tuple(put(p, x, True) for p, x in zip(pool["v"], cache.v)),
+        def put_kv(pool_x, slot_x):  # [..., slots, S, KV, K]: a layer axis first when scanned
+            return put(pool_x, slot_x, True, axis=slot_x.ndim - 4)
+
+        cache = cache._replace(k=jax.tree.map(put_kv, pool["k"], cache.k),
+                               v=jax.tree.map(put_kv, pool["v"], cache.v),
                                valid_BxS=put(pool["valid"], cache.valid_BxS, True),
                                pos_B=put(pool["pos"], cache.pos_B, False))
         if "tokens" in carry:
@@ -314,9 +329,13 @@ class RolloutSampler:
                       horizon_outcome: bool) -> dict:
         """Decode steps until no slot runs or at least min_free slots are not running."""
         self.traces += 1  # runs at trace time only
-        model = nnx.merge(self.graphdef, state)
-        step = functools.partial(_decode_step, model, positive_V, negative_V, seconds_V, horizon_outcome,
-                                 self.temperature, self.capacity)
+
+        def step(c):
+            # A fresh copy of the model inside the loop body: NNX transforms in it (the layer scan
+            # of model.scan_layers) refuse variables made at the enclosing jit's trace level.
+            model = nnx.merge(self.graphdef, state, copy=True)
+            return _decode_step(model, positive_V, negative_V, seconds_V, horizon_outcome, self.temperature,
+                                self.capacity, c)
 
         def more(c):
             running = c["reason"] == RUNNING
@@ -359,6 +378,14 @@ def _decode_step(model, positive_V, negative_V, seconds_V, horizon_outcome: bool
 def slot_ways(mesh: jax.sharding.Mesh) -> int:
     """Devices the rollout slots are split over: the mesh's batch (data x fsdp) axes."""
     return int(np.prod([mesh.shape[axis] for axis in parallel.BATCH_AXES]))
+
+
+def _slot_axis(path, x) -> int:
+    """The case/slot axis of a decode-state leaf: K/V caches are [..., B, S, KV, K] (a leading
+    layer axis when the model scans its layers, model.scan_layers); every other leaf is
+    batch-major."""
+    names = {getattr(key, "key", getattr(key, "name", None)) for key in path}
+    return x.ndim - 4 if names & {"k", "v"} else 0
 
 
 def batch_placer(mesh: jax.sharding.Mesh | None, batch: int):

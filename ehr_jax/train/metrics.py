@@ -1,4 +1,5 @@
-"""Run metrics: TensorBoard events, metrics.jsonl, the progress line, throughput and MFU.
+"""Run metrics: TensorBoard events, metrics.jsonl, the progress line, throughput and MFU (with
+the device peaks it divides by: a table, or a matmul probe for kinds the table lacks).
 
 Throughput is timed only over training steps: compile steps and eval/checkpoint pauses are
 left out (big_vision's Chrono), so tokens/s and MFU describe the step itself.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -87,6 +89,77 @@ def format_progress(step: int, total: int, loss: float, rates: Mapping[str, floa
     eta = "?" if eta_s is None else str(datetime.timedelta(seconds=int(eta_s)))
     return (f"step {step}/{total} ({100 * step / total:.1f}%) loss {loss:.4f} | "
             f"{rates['tokens_per_s']:,.0f} tok/s | MFU {100 * rates['mfu']:.1f}% | ETA {eta}")
+
+
+# Dense bf16 peak FLOP/s per chip, matched as a case-insensitive substring of jax's
+# device_kind (the longest match wins). Sources: NVIDIA datasheets (H100/H200/A100/B200 SXM,
+# L4, L40S, A10; dense, no sparsity); Google Cloud TPU docs (cloud.google.com/tpu/docs/v3, /v4,
+# /v5e, /v5p, /v6e, /tpu7x). A device kind missing here gets a measured matmul peak instead.
+DEVICE_PEAK_FLOPS: dict[str, float] = {
+    "TPU v3": 123e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,  # v5p reports itself as "TPU v5"
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "H100": 989e12,  # SXM
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,  # A10 datasheet; AWS's A10G is the same GA102 chip (its clocks may differ)
+    "TPU7x": 2307e12,  # Ironwood
+}
+
+
+def known_peak(device_kind: str) -> float | None:
+    """The table's peak for a device kind, or None when the kind is not in it."""
+    matches = [k for k in DEVICE_PEAK_FLOPS if k.lower() in device_kind.lower()]
+    return DEVICE_PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def measure_matmul_peak(device=None) -> float:
+    """FLOP/s of the best of a few large matmuls on `device` right now: the MFU denominator of a
+    device kind the table lacks (CPUs), and what benchmarks re-measure on a shared machine."""
+    import jax
+    import jax.numpy as jnp
+
+    device = device or jax.local_devices()[0]
+    dtype = jnp.float32 if device.platform == "cpu" else jnp.bfloat16
+    n = 1024 if device.platform == "cpu" else 8192
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+@functools.cache
+def _measured_peak(platform: str, device_kind: str, n_local: int) -> float:
+    """Measured once per process. On CPU the fake devices of one host share its cores, so the
+    host peak is split among them (peak x devices stays the host's peak)."""
+    peak = measure_matmul_peak()
+    return peak / n_local if platform == "cpu" else peak
+
+
+def peak_flops(device=None) -> float:
+    """Peak FLOP/s of one device: the table for known kinds, else a measured matmul peak."""
+    import jax
+
+    device = device or jax.devices()[0]
+    known = known_peak(device.device_kind)
+    if known is not None:
+        return known
+    return _measured_peak(device.platform, device.device_kind, jax.local_device_count())
 
 
 class MetricsWriter:

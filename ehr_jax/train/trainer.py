@@ -51,6 +51,7 @@ class Plan:
     n_params: int
     n_params_non_embedding: int
     vocab_size: int
+    scan_layers: bool  # the parameter layout, recorded in every checkpoint for evaluation
 
     @property
     def tokens_per_step(self) -> int:
@@ -135,7 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
                  plan.peak_lr, model_cfg.attention, model_cfg.dtype, start_step)
 
     # Loop.
-    peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
+    peak_total = metrics.peak_flops(jax.devices()[0]) * jax.device_count()
     chrono = metrics.Chrono(plan.steps, plan.flops_per_token, peak_total)
     writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
     profiler = StepProfiler(workdir, config.train.profile_steps, enabled=is_writer)
@@ -184,7 +185,8 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
     return Plan(steps=steps, global_batch_size=batch, seq_len=model_cfg.seq_len,
                 peak_lr=optim.peak_learning_rate(config.train, size.d_model),
                 flops_per_token=flops_per_token, n_params=total,
-                n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
+                n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size,
+                scan_layers=model_cfg.scan_layers)
 
 
 @dataclasses.dataclass
@@ -232,7 +234,7 @@ def compiled_programs(model_cfg: transformer.ModelConfig, mesh: jax.sharding.Mes
                       for key, dtype in keys}
     abstract_inputs = {key: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
                        for key in optim.Schedule(static["schedule"], 1.0, 2, 0, 0, 0.0).inputs()}
-    what = (f"{model_cfg.size_name} (batch {global_batch_size} x {model_cfg.seq_len}, "
+    what = (f"{model_cfg.size.name} (batch {global_batch_size} x {model_cfg.seq_len}, "
             f"{model_cfg.dtype}, {static['schedule']} schedule, {mesh.size} devices)")
     return Programs(
         graphdef, state_sharding, batch_sharding, replicated,
@@ -258,7 +260,7 @@ def fit_memory(train: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
     fit = memory.choose(train, remat=model_cfg.remat, rows_per_shard=rows,
                         limit_bytes=memory.device_memory_bytes(train, jax.local_devices()[0]),
                         compile_step=compile_step,
-                        what=f"{model_cfg.size_name} at {rows} rows x {model_cfg.seq_len} "
+                        what=f"{model_cfg.size.name} at {rows} rows x {model_cfg.seq_len} "
                              f"tokens per batch shard")
     logging.info("memory: %s%s", fit.setting.describe(), "" if fit.need_bytes is None else
                  f", {fit.need_bytes / memory.GIB:.2f} GiB per device of "
@@ -500,7 +502,8 @@ class TrainLoop:
         wall_s = self.prior_wall_s + time.perf_counter() - self.session_start
         self.checkpointer.save(step, state, self.loader.get_state(), {
             "recent_losses": list(self.recent_losses), "target_tokens": self.target_tokens,
-            "real_tokens": self.real_tokens, "wall_s": wall_s, "val_loss": self.val_loss})
+            "real_tokens": self.real_tokens, "wall_s": wall_s, "val_loss": self.val_loss,
+            "scan_layers": self.plan.scan_layers})
 
 
 def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
@@ -523,9 +526,9 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "run_name": os.path.basename(workdir),
         "n_params": plan.n_params,
         "n_params_non_embedding": plan.n_params_non_embedding,
-        "n_layers": model_cfg.n_layers,
-        "d_model": model_cfg.d_model,
-        "model_size": model_cfg.size_name,
+        "n_layers": model_cfg.size.n_layers,
+        "d_model": model_cfg.size.d_model,
+        "model_size": model_cfg.size.name,
         "vocab_size": model_cfg.vocab_size,
         "vocab_rows": model_cfg.vocab_rows,  # embedding rows with model.vocab_multiple padding
         "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
