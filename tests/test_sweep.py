@@ -234,11 +234,12 @@ def test_analysis_runs_at_the_end_and_its_failure_is_reported(tmp_path, monkeypa
     seen = []
     config = _config(budgets=(1e11,), analysis=True)
     outcome = _run(config, tmp_path, FakeTrainer())
-    monkeypatch.setattr(report, "main_report", lambda results, out: seen.append((results, out)))
-    main.write_analysis(str(tmp_path), outcome)
-    assert seen == [(str(tmp_path / "results.jsonl"), str(tmp_path / "analysis"))]
+    monkeypatch.setattr(report, "main_report",
+                        lambda results, out, n: seen.append((results, out, n)))
+    main.write_analysis(str(tmp_path), outcome, n="total")
+    assert seen == [(str(tmp_path / "results.jsonl"), str(tmp_path / "analysis"), "total")]
 
-    def broken(results, out):
+    def broken(results, out, n):
         raise ValueError("too few budgets")
 
     monkeypatch.setattr(report, "main_report", broken)
@@ -284,6 +285,12 @@ def test_dry_run_trains_nothing(tmp_path):
     outcome = _run(_config(dry_run=True), tmp_path, trainer,
                    command_line=("configs/quickstart.py", {}))
     assert trainer.calls == [] and len(outcome["commands"]) == 4
+
+
+def test_the_analysis_model_size_is_checked_with_the_grid():
+    loop.check_config(_config(analysis_n="total"))
+    with pytest.raises(ConfigError, match="config.grid.analysis_n"):
+        loop.check_config(_config(analysis_n="embedding"))
 
 
 def test_missing_meds_dir_without_synthetic_data_is_a_config_error(tmp_path):

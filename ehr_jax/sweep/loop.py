@@ -41,6 +41,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in grid_lib.default_grid():
         if key not in config.grid:
             raise ConfigError(f"config.grid.{key} is missing; see configs/quickstart.py")
+    if config.grid.analysis_n not in ("non_embedding", "total"):
+        raise ConfigError(f"config.grid.analysis_n={config.grid.analysis_n!r}: expected "
+                          f"'non_embedding' or 'total' (the model size the fits use)")
     if not config.data.meds_dir and config.data.synthetic_subjects <= 0:
         raise ConfigError(
             "config.data.meds_dir is empty and config.data.synthetic_subjects is 0: pass your "
