@@ -506,5 +506,5 @@ def test_dry_run_prints_sizes_per_budget_and_wsd_savings(tmp_path, capsys):
     _run(config, tmp_path, FakeTrainer(), command_line=("configs/quickstart.py", {}))
     out = capsys.readouterr().out
     assert "C=1e+11: 2 sizes kept: [d32-l1] d48-l2; expected optimum d32-l1 has 0 kept sizes" in out
-    assert "wsd cooldown branches from 2 stable runs" in out and "H100-hours" in out
+    assert "wsd cooldown branches from 2 stable runs" in out and "H100-seconds" in out
     assert "40% MFU" in out

@@ -145,18 +145,17 @@ def describe(points: list[Any], stables: list[Any]) -> list[str]:
         lines.append(f"  C={budget:.3g}: {len(kept)} sizes kept: {names}{note}")
     kept = [p for p in points if not p.skip_reason]
     independent = sum(p.budget for p in kept)
+    unit = 3600 if independent >= 360 * H100_PEAK_FLOPS * ASSUMED_MFU else 1
+    h100 = lambda flops: (f"{flops / (H100_PEAK_FLOPS * ASSUMED_MFU) / unit:.3g} "  # noqa: E731
+                          f"H100-{'hours' if unit > 1 else 'seconds'}")
     lines.append(f"  {len(kept)} runs, {independent:.3g} training FLOPs as independent runs "
-                 f"({_h100_hours(independent):.3g} H100-hours)")
+                 f"({h100(independent)})")
     if stables:
         branched = sum(s.cost for s in stables) + sum(p.cost for p in kept)
         lines.append(
             f"  wsd cooldown branches from {len(stables)} stable runs: {branched:.3g} FLOPs "
-            f"({_h100_hours(branched):.3g} H100-hours), saving {independent - branched:.3g} "
-            f"FLOPs = {_h100_hours(independent - branched):.3g} H100-hours "
+            f"({h100(branched)}), saving {independent - branched:.3g} "
+            f"FLOPs = {h100(independent - branched)} "
             f"({100 * (1 - branched / independent):.0f}%; H100 bf16 dense peak "
             f"{H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s at an assumed {100 * ASSUMED_MFU:.0f}% MFU)")
     return lines
-
-
-def _h100_hours(flops: float) -> float:
-    return flops / (H100_PEAK_FLOPS * ASSUMED_MFU) / 3600
