@@ -83,9 +83,9 @@ def expected_index(budget: float, rungs: Sequence[Any], grid: ml_collections.Con
 
 
 def auto_window(budget: float, ladder: list[Any], grid: ml_collections.ConfigDict,
-                law: Law | None) -> tuple[list[Any], int, str]:
-    """(chosen rungs, index of the expected optimum among them, reason to leave the budget out
-    or "") from the whole ladder's GridRuns of one budget, sorted by size."""
+                law: Law | None) -> tuple[list[Any], str]:
+    """(chosen rungs, reason to leave the budget out or "") from the whole ladder's GridRuns of
+    one budget, sorted by size."""
     k = int(grid.sizes_per_budget)
     if k < 1:
         raise ConfigError(f"config.grid.sizes_per_budget must be >= 1; got {k}")
@@ -94,7 +94,7 @@ def auto_window(budget: float, ladder: list[Any], grid: ml_collections.ConfigDic
     start = min(max(centre - k // 2, 0), max(len(ladder) - k, 0))
     window = ladder[start:start + k]
     if ladder[centre].skip_reason:
-        return window, centre - start, (
+        return window, (
             f"its expected optimum {ladder[centre].size} ({how}) is left out: "
             f"{ladder[centre].skip_reason}")
     lo = centre
@@ -105,12 +105,11 @@ def auto_window(budget: float, ladder: list[Any], grid: ml_collections.ConfigDic
         hi += 1
     start = min(max(centre - k // 2, lo), hi - k + 1)
     if start < lo or centre - start < side or start + k - 1 - centre < side:
-        kept = ladder[lo:hi + 1]
-        return kept, centre - lo, (
+        return ladder[lo:hi + 1], (
             f"only {centre - lo} kept sizes below and {hi - centre} above its expected optimum "
             f"{ladder[centre].size} ({how}); it needs {k} in all with {side} on each side. "
             f"Filters (min_steps, max_epochs) leave out the rest")
-    return ladder[start:start + k], centre - start, ""
+    return ladder[start:start + k], ""
 
 
 def explicit_reason(points: list[Any], grid: ml_collections.ConfigDict) -> str:
