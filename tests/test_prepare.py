@@ -150,7 +150,8 @@ def test_meds_testing_helpers_dataset_prepares(generated_sample_MEDS, tmp_path):
 def _config(meds_dir="", prepared_dir=""):
     config = ml_collections.ConfigDict()
     config.data = dict(meds_dir=str(meds_dir), prepared_dir=str(prepared_dir), synthetic_subjects=10,
-                       synthetic_seed=3, min_code_count=1, num_quantiles=4, records_per_shard=4)
+                       synthetic_seed=3, min_code_count=1, num_quantiles=4, records_per_shard=4,
+                       prepare_wait_s=60.0)
     return config
 
 

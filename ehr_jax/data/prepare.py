@@ -25,10 +25,10 @@ from typing import Callable, Iterable, Iterator
 import ml_collections
 import numpy as np
 import polars as pl
-from absl import app, flags, logging
+from absl import flags, logging
 
-from ehr_jax import rundir
-from ehr_jax.data import meds, shards, tokenize, vocab
+from ehr_jax import cli, rundir
+from ehr_jax.data import barrier, meds, shards, tokenize, vocab
 from ehr_jax.errors import ConfigError, DataError, EhrJaxError
 
 MAX_TEXT_VALUES = 8  # default of config.data.max_text_values (configs/base.py)
@@ -230,9 +230,10 @@ def ensure_prepared(data: ml_collections.ConfigDict, workdir: str | os.PathLike,
     """The prepared dir of config group `data` (built if missing or stale); returns its path.
 
     data.meds_dir "" means <workdir>/meds, written first by `write_meds(meds_dir)` (main passes
-    the synthetic generator). Process 0 writes while the others wait at a barrier. A process that
-    then finds no manifest (hosts without a shared filesystem) prepares its own copy: the output
-    is deterministic.
+    the synthetic generator). In a multi-process job process 0 prepares while the others wait
+    on a status file (ehr_jax.data.barrier), not in a device collective whose timeouts a long
+    prepare would hit; a host that shares no filesystem with process 0 prepares its own copy
+    (the output is deterministic).
     """
     import jax  # deferred: the CLI and data tests do not need a JAX backend
 
@@ -253,19 +254,14 @@ def ensure_prepared(data: ml_collections.ConfigDict, workdir: str | os.PathLike,
                 num_quantiles=data.num_quantiles, records_per_shard=data.records_per_shard,
                 max_text_values=data.get("max_text_values", MAX_TEXT_VALUES))
 
-    error = None
-    if jax.process_index() == 0:
-        try:
-            build()
-        except Exception as e:  # still reach the barrier, so other processes fail instead of hanging
-            error = e
-    if jax.process_count() > 1:
+    def broadcast(value: int) -> int:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("ehr_jax.data.prepare.ensure_prepared")
-        if jax.process_index() != 0 and not (prepared_dir / shards.MANIFEST).exists():
-            build()
-    if error is not None:
-        raise error
+
+        return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+    barrier.run_on_first(prepared_dir, build, process_index=jax.process_index(),
+                         process_count=jax.process_count(), broadcast=broadcast,
+                         timeout_s=float(data.prepare_wait_s), what=f"preparing {prepared_dir}")
     return str(prepared_dir)
 
 
@@ -308,4 +304,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

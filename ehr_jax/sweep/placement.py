@@ -24,9 +24,10 @@ import ml_collections
 
 from ehr_jax.errors import ConfigError
 from ehr_jax.model import sizes as sizes_lib
+from ehr_jax.train import metrics as train_metrics
 
 # The dry run's cost in H100-hours: bf16 dense peak at an assumed model FLOP utilisation.
-H100_PEAK_FLOPS = sizes_lib.DEVICE_PEAK_FLOPS["H100"]
+H100_PEAK_FLOPS = train_metrics.DEVICE_PEAK_FLOPS["H100"]
 ASSUMED_MFU = 0.4
 SIDE = 2  # kept sizes wanted on each side of the expected optimum
 
