@@ -22,6 +22,7 @@ setuptools.setup(
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "tensorboardX>=2.6",
+        "tensorboard>=2.16",  # `tensorboard --logdir runs/` (README): viewing what tensorboardX wrote
         "pyarrow>=16",
         "polars>=1.0,<2",
         "matplotlib>=3.8",
@@ -33,6 +34,6 @@ setuptools.setup(
                  "ipykernel>=6", "apache-beam>=2.77"],
         # prepare --engine=beam (DirectRunner, Dataflow, Flink, Spark); it pins pyarrow<26, protobuf<7.
         "beam": ["apache-beam>=2.77"],
-        "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "tensorboard>=2.16"],
+        "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
     },
 )

@@ -37,10 +37,14 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 2048, "Tokens per window.")
 _VOCAB = flags.DEFINE_integer("vocab", 8192, "Vocabulary size.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialise each block.")
+_ATTENTION = flags.DEFINE_string("attention", "auto", "config.model.attention. auto resolves for "
+                                 "THIS host's backend; chunked (pure-JAX flash, no [L, L] scores "
+                                 "kept) stands in for cuDNN / splash when compiling for others.")
 _ACCUM = flags.DEFINE_integer("accum", 1, "Gradient-accumulation steps (micro-batches per step).")
 _CHOOSE = flags.DEFINE_bool("choose", False, "Run the trainer's memory pre-flight instead (from "
                             "--remat, accumulation auto) against --device_gib; print every try.")
-_DEVICE_GIB = flags.DEFINE_float("device_gib", 80.0, "Memory of one device, for the fits column.")
+_DEVICE_GIB = flags.DEFINE_float("device_gib", 80.0, "Memory of one device, for the fits column "
+                                  "(--choose: 0 reads the device's bytes_limit, as training does).")
 _LIBTPU = flags.DEFINE_string("libtpu_path", "", "Folder holding the libtpu package (pip --target).")
 
 
@@ -90,6 +94,7 @@ def measure(size_name: str, mesh) -> dict:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
     config.model.size, config.model.dtype, config.model.remat = size_name, _DTYPE.value, _REMAT.value
+    config.model.attention = _ATTENTION.value
     config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
@@ -153,6 +158,7 @@ def choose(size_name: str, mesh) -> None:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
     config.model.size, config.model.dtype, config.model.remat = size_name, _DTYPE.value, _REMAT.value
+    config.model.attention = _ATTENTION.value
     config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
     config.train.device_memory_gib = _DEVICE_GIB.value
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
@@ -163,6 +169,9 @@ def choose(size_name: str, mesh) -> None:
     except ConfigError as error:
         print(f"{size_name:>10} {plan.n_params:>14,}  error: {error}", flush=True)
         return
+    if not fit.tried:
+        print(f"{size_name:>10} {plan.n_params:>14,}  pre-flight skipped: the device reports no "
+              "memory limit (pass --device_gib)", flush=True)
     for entry in fit.summary()["tried"]:
         chosen = (entry["remat"], entry["grad_accum_steps"]) == (fit.setting.remat,
                                                                   fit.setting.accum_steps)
@@ -184,7 +193,7 @@ def main(argv) -> None:
     mesh = _mesh(devices)
     print(f"{machine.describe()}; jax {jax.__version__}; compiling for {kind}, mesh "
           f"{dict(mesh.shape)}; batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value},"
-          f" {_DTYPE.value}, remat {_REMAT.value}, accumulation "
+          f" {_DTYPE.value}, {_ATTENTION.value} attention, remat {_REMAT.value}, accumulation "
           f"{'auto' if _CHOOSE.value else _ACCUM.value}", flush=True)
     if _CHOOSE.value:
         from absl import logging
@@ -192,7 +201,7 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)
         print(f"{'size':>10} {'params':>14} {'remat':>6} {'accum':>6} {'peak GiB':>9} "
               f"{'compile s':>9} pre-flight (usable: {memory_usable_gib():.1f} of "
-              f"{_DEVICE_GIB.value:g} GiB)", flush=True)
+              f"{_DEVICE_GIB.value:g} GiB; 0: the device's own bytes_limit)", flush=True)
         for name in _SIZES.value:
             choose(name, mesh)
         return

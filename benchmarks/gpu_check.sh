@@ -4,9 +4,10 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]           # on the GPU machine, from the repo root
 #   GPU_CHECK_SMALL=1 bash benchmarks/gpu_check.sh   # tiny sizes: checks the script itself on CPU
 #
-# 1. device, driver, jax and cuDNN versions; 2. cuDNN-vs-XLA attention parity (outputs and
-# gradients); 3. predicted (AOT memory_analysis) vs measured peak_bytes_in_use of the train step;
-# 4. train_throughput at seq 2048 in bf16 (step ms, MFU, compile s) from d256-l6 to d2048-l20;
+# 1. device, driver, jax and cuDNN versions; 2. attention parity: every kernel this GPU can run
+# (cuDNN, the Pallas Triton kernel, chunked) vs XLA, unpacked and packed (outputs and gradients); 3. predicted (AOT memory_analysis) vs measured peak_bytes_in_use of the train step;
+# 4. train_throughput at seq 2048 in bf16 (step ms, MFU, compile s) from d256-l6 to d2048-l20,
+# and packed rows (segment ids: the Pallas Triton kernel) at the largest size;
 # 5. loader tokens/s at seq 2048; 6. a smoke run killed with -9 after a checkpoint, resumed, and
 # compared with an uninterrupted run. Everything is also written to OUT_DIR/gpu_check.log.
 set -euo pipefail
@@ -36,16 +37,24 @@ except Exception as e:  # noqa: BLE001
     print("cudnn version unknown:", e)
 PY
 
-echo "== 2. attention parity (cuDNN vs XLA)"
+echo "== 2. attention parity (each kernel vs XLA, unpacked and packed)"
 $py benchmarks/attention_parity.py $attn 2>&1 | quiet
 
 echo "== 3. memory: predicted vs measured ($big, batch $batch x seq $seq, $dtype)"
 $py benchmarks/aot_memory.py --target=local --execute --sizes=$big --seq_len=$seq --batch=$batch \
   --dtype=$dtype --mesh=-1,1,1 2>&1 | quiet
 
+echo "== 3b. memory pre-flight: what the trainer would pick on this device ($big)"
+$py benchmarks/aot_memory.py --target=local --choose --device_gib=0 --sizes=$big --seq_len=$seq \
+  --batch=$batch --dtype=$dtype --mesh=-1,1,1 2>&1 | quiet
+
 echo "== 4. train throughput (seq $seq, $dtype)"
 $py benchmarks/train_throughput.py --sizes=$sizes --seq_len=$seq --batch=$batch --dtype=$dtype \
   --steps=5 2>&1 | quiet
+
+echo "== 4b. packed rows (8 segments per row: the triton kernel on GPU) vs unpacked, $big"
+$py benchmarks/train_throughput.py --sizes=$big --seq_len=$seq --batch=$batch --dtype=$dtype \
+  --steps=5 --pack 2>&1 | quiet
 
 echo "== 5. loader at seq $seq"
 $py benchmarks/bench_loader.py --seq_len=$seq --batch_size=$batch --seconds=3 2>&1 | quiet

@@ -21,10 +21,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_subjects = 2000  # patients the synthetic generator writes when meds_dir is ""
     config.data.synthetic_seed = 0  # seed of the synthetic generator
     config.data.seq_len = 256  # tokens per training window (windows never span two patients)
+    # sequence packing: fill each row with several patients' windows (segment ids keep attention
+    # and RoPE positions per patient); False: one window per row, the rest padding
+    config.data.pack = False
     config.data.num_workers = 0  # Grain worker processes (0: read in the training process)
     config.data.min_code_count = 10  # codes seen fewer times in train become the unknown token
     config.data.num_quantiles = 10  # value bins per numeric code (deciles), fitted on train
     config.data.max_text_values = 8  # codes with at most this many text values in train get TXT// tokens (0: off)
+    config.data.prepare_wait_s = 21600.0  # multi-process jobs: how long the others wait for process 0's prepare
     config.data.records_per_shard = 2000  # patients per ArrayRecord shard
 
     config.model = ml_collections.ConfigDict()
@@ -32,10 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32, bfloat16
     config.model.n_kv_heads = 0  # grouped-query attention: KV heads (0: one per query head)
     config.model.tie_embeddings = False  # share the input embedding with the output head
+    config.model.vocab_multiple = 0  # pad embedding/head rows to a multiple (0: auto, 128 on GPU/TPU, 1 on CPU)
     config.model.remat = False  # rematerialise each block in the backward pass (saves memory)
-    # attention kernel: auto (splash on TPU, cudnn on GPU or triton when packed, xla on CPU),
-    # xla (reference, builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
-    config.model.attention = "auto"
+    # auto: splash on TPU, cudnn on GPU or triton when packed, xla on CPU; also xla (reference,
+    # builds L x L), chunked (pure-JAX flash: any backend), cudnn, triton, splash
+    config.model.attention = "auto"  # attention kernel (the choices above)
+    config.model.scan_layers = "auto"  # nnx.scan over stacked blocks: auto (on for GPU/TPU, off on CPU), on, off
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 16  # windows per step, across all processes
@@ -86,4 +92,5 @@ def get_config() -> ml_collections.ConfigDict:
     # each task's horizon (or a long stay) x the data's tokens per day; capped rollouts are censored
     config.eval.probe = True  # also fit a linear probe on the representation at prediction time
     config.eval.bootstrap = 1000  # bootstrap resamples (by subject) for 95% CIs
+    config.eval.write_trajectories = False  # also write each task's rollouts as a MEDS dataset
     return config

@@ -2,25 +2,27 @@
 
   python -m ehr_jax.main --config=configs/smoke.py --workdir=runs/smoke
   python -m ehr_jax.main --config=configs/base.py --workdir=runs/x --config.train.steps=100
+  python -m ehr_jax.main --config=configs/quickstart.py --workdir=runs/q --validate_only
 
 The only place that wires the stages: data (synthetic MEDS when no dataset is given, then
 prepare) -> train one run, or sweep a grid of them -> evaluate -> analysis. Each stage gets paths
 and config groups, never another stage. Every process of a multi-host job runs this same
-command; rerunning it resumes from the workdir.
+command; rerunning it resumes from the workdir. Every user mistake (flags, config, workdir)
+is reported before any work as `error: ...` with exit status 2.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
+from typing import Callable
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from ehr_jax import parallel, rundir
-from ehr_jax.errors import EhrJaxError
+from ehr_jax import cli, config_check, parallel, rundir
+from ehr_jax.errors import ConfigError, EhrJaxError
 
 
 def define_flags() -> None:
@@ -29,29 +31,67 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Run (or sweep) directory; resumes if it exists.")
     flags.DEFINE_bool("dry_run", False, "Sweeps: print one `ehr_jax.main` command per run "
                       "(for launchers) instead of training; same as --config.grid.dry_run=True.")
+    flags.DEFINE_bool("validate_only", False, "Check the config, the flags and the workdir "
+                      "(would this rerun be accepted?), write nothing, and exit.")
+    flags.DEFINE_list("allow_changes", [], "Keys (or groups: eval, grid) that may differ from "
+                      "the config this workdir's runs were made with; see docs/TRAINING.md.")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, dry_run: bool = False,
-        command_line: tuple[str, dict] | None = None) -> dict:
-    """Sweep if the config has a grid, else train one run (and evaluate it when enabled)."""
-    from ehr_jax import sweep
+        command_line: tuple[str, dict] | None = None, validate_only: bool = False,
+        allow_changes: tuple[str, ...] = ()) -> dict:
+    """Sweep if the config has a grid, else train one run (and evaluate it when enabled).
+
+    Everything the user chose is checked first (config_check), then the workdir is claimed:
+    its fingerprint must match (rundir), and one process at a time sets up its data.
+    """
+    import jax
 
     parallel.initialize_distributed()  # also logs this process and its devices
     workdir = os.path.abspath(workdir)
-    if "grid" in config:
-        sweep.check_config(config)
-    prepared_dir = prepare_data(config.data, workdir)
-    if "grid" in config:
-        return run_sweep(config, workdir, prepared_dir, dry_run=dry_run, command_line=command_line)
+    config_check.check(config, workdir, jax.device_count())
+    rundir.check_allowed(allow_changes)
+    fingerprint = rundir.config_fingerprint(config, workdir)
+    problem, _ = rundir.fingerprint_problem(workdir, fingerprint, allow_changes)
+    if problem:
+        raise ConfigError(problem)
+    if validate_only:
+        print(f"ok: the config is valid and --workdir={workdir} accepts it", flush=True)
+        return {}
+    claim = rundir.WorkdirClaim(workdir)
+    try:
+        _on_process_zero(lambda: claim.open(fingerprint, allow_changes))
+        prepared_dir = prepare_data(config.data, workdir)
+        _on_process_zero(lambda: claim.data_prepared(_manifest(prepared_dir)))
+        if "grid" in config:
+            return run_sweep(config, workdir, prepared_dir, dry_run=dry_run,
+                             command_line=command_line)
+        return run_single(config, workdir, prepared_dir)
+    finally:
+        claim.close()
+
+
+def run_single(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> dict:
+    """Trains one run under its lock (a finished one is kept as it is), then evaluates it."""
     from ehr_jax.train import trainer
 
-    summary = trainer.run(config, workdir, prepared_dir)
-    if config.eval.enabled:
-        from ehr_jax import evaluation
+    lock = rundir.Lock(workdir, rundir.RUN_LOCK, f"the run in {workdir}")
+    try:
+        _on_process_zero(lock.acquire)
+        summary = rundir.read_summary(workdir)
+        if not parallel.agree(summary is not None):
+            summary = trainer.run(config, workdir, prepared_dir)
+        else:  # never retrained, and its summary never rewritten with today's config
+            logging.info("%s finished before; its summary.json is kept", workdir)
+            summary = summary or {}  # a process without the shared file system
+        if parallel.agree(config.eval.enabled and not summary.get("evaluation")):
+            from ehr_jax import evaluation
 
-        summary["evaluation"] = evaluation.evaluate(workdir, config, prepared_dir)
-    return summary
+            summary["evaluation"] = evaluation.evaluate(workdir, config, prepared_dir)
+        return summary
+    finally:
+        lock.release()
 
 
 def prepare_data(data: ml_collections.ConfigDict, workdir: str) -> str:
@@ -80,7 +120,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str
     if "commands" in outcome:
         return outcome
     if config.grid.analysis and not config.grid.only and jax.process_index() == 0:
-        write_analysis(workdir, outcome, n=config.grid.analysis_n)
+        with rundir.Lock(workdir, rundir.ANALYSIS_LOCK, f"the analysis of {workdir}"):
+            write_analysis(workdir, outcome, n=config.grid.analysis_n)
     sweep.raise_if_failed(outcome, workdir)
     return outcome
 
@@ -106,20 +147,42 @@ def write_analysis(workdir: str, outcome: dict, n: str = "non_embedding") -> Non
         outcome["failed"].append("analysis")
 
 
+def _manifest(prepared_dir: str) -> dict:
+    from ehr_jax.data import shards
+
+    return shards.read_manifest(prepared_dir)
+
+
+def _on_process_zero(fn: Callable[[], object]) -> None:
+    """Runs fn on process 0 only; the other processes of the job learn whether it failed."""
+    import jax
+
+    error = None
+    if jax.process_index() == 0:
+        try:
+            fn()
+        except EhrJaxError as e:
+            error = e
+    if not parallel.agree(error is None):
+        raise error or ConfigError("process 0 refused this workdir; its log says why")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     config_flag = flags.FLAGS["config"]
-    command_line = (config_flags.get_config_filename(config_flag),
-                    config_flags.get_override_values(config_flag))
+    overrides = config_flags.get_override_values(config_flag)
+    command_line = (config_flags.get_config_filename(config_flag), overrides)
+    config = flags.FLAGS.config
+    config_check.command_line_durations(config, overrides)
     try:
-        run(flags.FLAGS.config, flags.FLAGS.workdir, dry_run=flags.FLAGS.dry_run,
-            command_line=command_line)
+        run(config, flags.FLAGS.workdir, dry_run=flags.FLAGS.dry_run, command_line=command_line,
+            validate_only=flags.FLAGS.validate_only,
+            allow_changes=tuple(flags.FLAGS.allow_changes))
     except EhrJaxError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -9,7 +9,7 @@ runs on 1 CPU device, 8 fake ones, a GPU node or a TPU pod slice.
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.core.spmd as core_spmd
@@ -33,6 +33,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("norm", None),  # RMSNorm scales: tiny, replicated
+    ("layers", None),  # the stacked blocks' leading axis (model.scan_layers)
 )
 
 
@@ -54,6 +55,27 @@ def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
     if math.prod(shape) != device_count:
         raise ConfigError(f"{where}: the product {math.prod(shape)} must equal the device count")
     return shape
+
+
+def check_batch_size(global_batch_size: int, shape: Sequence[int]) -> int:
+    """The batch shards (data x fsdp) of a filled-in mesh shape, which must divide the batch."""
+    shards = math.prod(s for axis, s in zip(MESH_AXES, shape) if axis in BATCH_AXES)
+    if global_batch_size % shards:
+        raise ConfigError(f"config.train.global_batch_size={global_batch_size} must be a multiple "
+                          f"of the {shards} batch shards (data x fsdp) of mesh shape "
+                          f"{tuple(shape)}")
+    return shards
+
+
+def agree(value: bool) -> bool:
+    """Process 0's value on every process of the job (with one process, the value itself), so
+    decisions only process 0 can make (locks, files it read) are the same everywhere."""
+    if jax.process_count() == 1:
+        return bool(value)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(value))))
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -208,3 +230,31 @@ def initialize_distributed(auto_detect: bool | None = None) -> None:
         jax.process_index(), jax.process_count(), jax.local_device_count(),
         jax.device_count(), jax.devices()[0].device_kind,
     )
+
+
+def check_batch_layout(mesh: Mesh, global_batch_size: int,
+                       process_of: Callable[[jax.Device], int] | None = None) -> None:
+    """Each process loads B/P rows of every batch (its own, data/loader.py); its devices must
+    hold exactly one block of B/P rows, or make_array_from_process_local_data refuses the data.
+
+    That fails when an axis the batch is replicated over (tensor) spans processes: both
+    processes' devices then hold the same rows, but each loaded different ones. Refused here,
+    naming the mesh. (Which block a process holds does not matter: rows are exchangeable.)
+    """
+    process_of = process_of or (lambda device: device.process_index)
+    processes = sorted({process_of(device) for device in mesh.devices.flat})
+    if len(processes) == 1:
+        return
+    rows: dict[int, set[int]] = {p: set() for p in processes}
+    for device, index in batch_sharding(mesh).devices_indices_map((global_batch_size,)).items():
+        rows[process_of(device)].update(range(*index[0].indices(global_batch_size)))
+    share = global_batch_size // len(processes)
+    for p in processes:
+        if len(rows[p]) != share or max(rows[p]) - min(rows[p]) + 1 != share:
+            raise ConfigError(
+                f"mesh.shape={tuple(mesh.shape.values())} over {len(processes)} processes: the "
+                f"devices of process {p} hold {len(rows[p])} rows of each batch, not one block "
+                f"of the {share} rows it loads; the tensor axis (over which the batch is "
+                f"replicated) must stay inside one process (at most "
+                f"{mesh.devices.size // len(processes)} devices here), data and fsdp may span "
+                f"processes")

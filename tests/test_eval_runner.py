@@ -2,6 +2,7 @@
 what it returns, what it writes (predictions in the meds-evaluation format, summary.json,
 TensorBoard) and what it must never write (subject ids)."""
 
+import dataclasses
 import datetime
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -58,6 +60,8 @@ def run_dir(tmp_path_factory):
 
 def test_evaluate_writes_results_predictions_and_summary(run_dir):
     path, config = run_dir
+    config = config.copy_and_resolve_references()
+    config.eval.write_trajectories = True
     results = runner.evaluate(str(path), config, config.data.prepared_dir)["builtin"]
     assert set(results) == {"mortality", "long_stay"}
     # A probe needs both classes among the train cases, which a tiny dataset may lack.
@@ -83,6 +87,14 @@ def test_evaluate_writes_results_predictions_and_summary(run_dir):
     assert predictions.height == results["mortality"]["zero_shot"]["n_cases"]
     assert predictions["predicted_boolean_probability"].is_between(0, 1).all()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(path / "tensorboard"))
+    # The rollouts as a MEDS dataset: one subject per rollout, mapped back in a side table.
+    import meds
+    import pyarrow.parquet as pq
+
+    rollouts = out / "mortality" / "trajectories"
+    meds.DataSchema.validate(pq.read_table(rollouts / "data" / "held_out" / "0.parquet"))
+    side = pl.read_parquet(rollouts / "rollout_subjects.parquet")
+    assert side.height == 2 * results["mortality"]["zero_shot"]["n_cases"]
     # Subject ids live in the predictions file (meds-evaluation needs them), nowhere a user reads.
     ids = {str(s) for s in predictions["subject_id"].to_list()}
     for text in ((path / "summary.json").read_text(), (out / "results.json").read_text()):
@@ -196,3 +208,21 @@ def test_restore_model_reads_the_model_item_alone(run_dir, tmp_path):
         capture_output=True, text=True, check=True, cwd=train_fixtures.REPO,
         env={**os.environ, "PYTHONPATH": train_fixtures.REPO})
     assert loaded.stdout.split("\n")[-2] == "['ehr_jax.train', 'ehr_jax.train.checkpoint']"
+
+
+def test_restore_model_keeps_the_checkpoints_layer_layout(run_dir, tmp_path):
+    """A run trained with scanned layers (the GPU/TPU default) evaluates on CPU, where
+    scan_layers "auto" means a loop: the checkpoint's meta says which layout to build."""
+    _, config = run_dir
+    vocab_size = shards.read_manifest(config.data.prepared_dir)["vocab_size"]
+    model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
+    assert not model_cfg.scan_layers
+    model_cfg = dataclasses.replace(model_cfg, scan_layers=True)
+    tx = optim.make_optimizer(config.train)
+    _, state, _ = model_init.init(model_cfg, parallel.make_mesh(tuple(config.mesh.shape)), 0, tx)
+    saver = checkpoint.Checkpointer(tmp_path / "checkpoints", keep=1, use_async=False)
+    saver.save(3, state, {}, {"scan_layers": True})
+    saver.close()
+    model = runner.restore_model(str(tmp_path), config, vocab_size)
+    assert model.cfg.scan_layers and model.blocks.attn.wq[...].shape[0] == 1
+    np.testing.assert_array_equal(model.blocks.attn.wq[...], state[0]["blocks"]["attn"]["wq"][...])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ehr_jax import rundir
-from ehr_jax.data import loader, shards
+from ehr_jax.data import loader, packing, shards
 from ehr_jax.errors import ConfigError, DataError
 
 SEQ_LEN = 16
@@ -52,7 +52,8 @@ def _rows(batches: list[dict]) -> dict[str, np.ndarray]:
 def _assert_batches_equal(left: list[dict], right: list[dict]) -> None:
     assert len(left) == len(right)
     for a, b in zip(left, right):
-        for key in ("tokens", "targets", "mask"):
+        assert set(a) == set(b)
+        for key in a:
             np.testing.assert_array_equal(a[key], b[key])
 
 
@@ -126,11 +127,12 @@ def test_order_is_seeded_and_reshuffled_each_epoch(prepared):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("num_workers", [0, 1])
-def test_resume_from_state_matches_uninterrupted_run(prepared, num_workers):
+@pytest.mark.parametrize("num_workers,pack", [(0, False), (1, False), (1, True)])
+def test_resume_from_state_matches_uninterrupted_run(prepared, num_workers, pack):
     def make():
         return loader.train_loader(prepared, seq_len=SEQ_LEN, global_batch_size=4, seed=1,
-                                   process_index=0, process_count=1, num_workers=num_workers)
+                                   process_index=0, process_count=1, num_workers=num_workers,
+                                   pack=pack)
 
     uninterrupted = make()
     reference = _take(uninterrupted, 9)
@@ -152,12 +154,17 @@ def test_resume_rejects_state_of_another_order(prepared):
                                 process_index=0, process_count=1)
     with pytest.raises(ConfigError, match="global_batch_size"):
         other.set_state(state)
+    packed = loader.train_loader(prepared, seq_len=SEQ_LEN, global_batch_size=4, seed=1,
+                                 process_index=0, process_count=1, pack=True)
+    with pytest.raises(ConfigError, match="pack"):
+        packed.set_state(state)
 
 
-def test_two_processes_concatenate_to_the_one_process_batch(prepared):
+@pytest.mark.parametrize("pack", [False, True])
+def test_two_processes_concatenate_to_the_one_process_batch(prepared, pack):
     def batches(index: int, count: int) -> list[dict]:
         iterator = loader.train_loader(prepared, seq_len=SEQ_LEN, global_batch_size=6, seed=2,
-                                       process_index=index, process_count=count)
+                                       process_index=index, process_count=count, pack=pack)
         return _take(iterator, 4)
 
     single, first, second = batches(0, 1), batches(0, 2), batches(1, 2)
@@ -223,6 +230,65 @@ def test_set_state_rejects_a_malformed_state(prepared):
                                    process_index=0, process_count=1)
     with pytest.raises(ConfigError, match="step"):
         iterator.set_state({**iterator.get_state(), "step": None})
+
+
+def _packed_epoch(prepared, seed: int, epochs: int = 1) -> tuple[dict[str, np.ndarray], int]:
+    rows = loader.epoch_stats(prepared, "train", SEQ_LEN, pack=True)["rows"]
+    iterator = loader.train_loader(prepared, seq_len=SEQ_LEN, global_batch_size=2, seed=seed,
+                                   process_index=0, process_count=1, pack=True)
+    batches = _take(iterator, -(-epochs * rows // 2))
+    return {k: v[:epochs * rows] for k, v in _rows(batches).items()}, rows
+
+
+def test_packed_epoch_targets_each_token_once_one_patient_per_segment(prepared):
+    epoch, rows = _packed_epoch(prepared, seed=3)
+    tokens, targets, mask = epoch["tokens"], epoch["targets"], epoch["mask"] > 0
+    segments, positions = epoch["segment_ids"], epoch["positions"]
+    assert segments.max() > 1  # rows really hold several windows
+    for row in range(rows):
+        for segment in np.unique(segments[row][segments[row] > 0]):
+            where = segments[row] == segment
+            assert len(np.unique(tokens[row][where] // PATIENT_STRIDE)) == 1
+            np.testing.assert_array_equal(positions[row][where], np.arange(where.sum()))
+            np.testing.assert_array_equal(targets[row][where][:-1], tokens[row][where][1:])
+    padding = segments == 0
+    assert np.all(tokens[padding] == 0) and not np.any(mask[padding])
+    np.testing.assert_array_equal(targets[mask], tokens[mask] + 1)
+    expected = np.concatenate([(k + 1) * PATIENT_STRIDE + np.arange(1, n)
+                               for k, (n, _) in enumerate(LENGTHS_AND_PREFIXES)])
+    np.testing.assert_array_equal(np.sort(targets[mask]), np.sort(expected))
+    stats = loader.epoch_stats(prepared, "train", SEQ_LEN, pack=True)
+    assert stats["tokens"] == np.count_nonzero(tokens)
+    unpacked = loader.epoch_stats(prepared, "train", SEQ_LEN)
+    assert unpacked["rows"] == _expected_windows()
+    rows_unpacked = _rows(loader.eval_batches(prepared, "train", seq_len=SEQ_LEN, batch_size=4,
+                                              max_tokens=0))
+    assert unpacked["tokens"] == np.count_nonzero(rows_unpacked["tokens"])
+    assert stats["padding_share"] < unpacked["padding_share"]
+
+
+def test_packed_order_is_seeded_and_reshuffled_each_epoch(prepared):
+    two_epochs, rows = _packed_epoch(prepared, seed=7, epochs=2)
+    again, _ = _packed_epoch(prepared, seed=7, epochs=2)
+    _assert_batches_equal([two_epochs], [again])
+    other, _ = _packed_epoch(prepared, seed=8)
+    assert not np.array_equal(two_epochs["tokens"][:rows], other["tokens"])
+    first, second = two_epochs["tokens"][:rows], two_epochs["tokens"][rows:]
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(np.sort(first[first > 0]), np.sort(second[second > 0]))
+
+
+def test_best_fit_decreasing_fills_rows_without_overflow():
+    assert packing.best_fit_decreasing(np.array([3, 2, 6, 2, 4, 3]), 10).max() == 1  # 2 rows
+    rng = np.random.default_rng(0)
+    for high in (65, 17):  # any sizes up to the capacity; small sizes only
+        sizes = rng.integers(1, high, 500)
+        row_of = packing.best_fit_decreasing(sizes, 64)
+        totals = np.bincount(row_of, weights=np.sort(sizes)[::-1])
+        assert totals.max() <= 64 and totals.sum() == sizes.sum()
+    assert len(totals) == -(-sizes.sum() // 64)  # small items: no row more than needed
+    with pytest.raises(ValueError, match="sizes"):
+        packing.best_fit_decreasing(np.array([65]), 64)
 
 
 def test_late_windows_restate_the_age_at_their_start(tmp_path):

@@ -24,7 +24,8 @@ def test_main_trains_two_steps_end_to_end_on_synthetic_data(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["config"]["train"]["steps"] == 2
-    assert summary["tokens_seen"] == 2 * 8 * 128
+    assert summary["padded_tokens_seen"] == 2 * 8 * 128
+    assert 0 < summary["tokens_seen"] <= summary["padded_tokens_seen"]  # real tokens only
     assert summary["tokenizer_hash"] and summary["etl_name"]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
     assert json.loads((tmp_path / "config.json").read_text())["model"]["size"] == "d32-l1"
@@ -40,14 +41,16 @@ def test_user_error_prints_message_without_traceback(tmp_path):
     assert not (tmp_path / "summary.json").exists()
 
 
-def test_grid_config_runs_the_sweep_and_plain_config_trains_then_evaluates(monkeypatch, tmp_path):
+def test_grid_config_runs_the_sweep_and_plain_config_trains_then_evaluates(monkeypatch, tmp_path,
+                                                                           prepared_dir):
     from ehr_jax import main, sweep
     from ehr_jax.evaluation import runner
     from ehr_jax.sweep import grid
     from ehr_jax.train import trainer
 
     calls = []
-    monkeypatch.setattr(main, "prepare_data", lambda data, workdir: calls.append("data") or "/p")
+    monkeypatch.setattr(main, "prepare_data",
+                        lambda data, workdir: calls.append("data") or prepared_dir)
     monkeypatch.setattr(sweep, "run", lambda config, workdir, prepared, train_fn, evaluate_fn, **kw:
                         calls.append(("sweep", prepared, train_fn is trainer.run,
                                       evaluate_fn)) or {"finished": [], "failed": []})
@@ -60,6 +63,8 @@ def test_grid_config_runs_the_sweep_and_plain_config_trains_then_evaluates(monke
     assert main.run(config, str(tmp_path)) == {"steps": 1, "evaluation": {"t": 1}}
     config.eval.enabled = False
     config.grid = grid.default_grid()
+    config.grid.budgets = (1e11,)
     config.grid.analysis = False
-    main.run(config, str(tmp_path))
-    assert calls == ["data", ("train", "/p"), ("eval", "/p"), "data", ("sweep", "/p", True, None)]
+    main.run(config, str(tmp_path / "sweep"))
+    p = prepared_dir
+    assert calls == ["data", ("train", p), ("eval", p), "data", ("sweep", p, True, None)]

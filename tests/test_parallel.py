@@ -196,3 +196,24 @@ def test_slurm_local_rank_1_gets_a_gpu_ordinal_it_can_see(monkeypatch):
 def test_local_device_ids_left_to_jax_off_gpu():
     assert parallel.local_device_ids({}) is None
     assert parallel.local_device_ids({"TPU_WORKER_HOSTNAMES": "a,b"}) is None
+
+
+@pytest.mark.parametrize("shape,ok", [
+    ((2, 1, 4), True),  # tensor inside each 4-device process, data across the two
+    ((1, 2, 4), True),
+    ((4, 2, 1), True),
+    ((1, 1, 8), False),  # tensor spans both processes: each would hold every row
+    ((1, 4, 2), True),
+    ((2, 4, 1), True),
+])
+def test_batch_layout_across_processes(shape, ok):
+    """Two processes of 4 devices each (device ids 0-3 and 4-7), as the loader splits batches."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(shape), parallel.MESH_AXES)
+    check = lambda: parallel.check_batch_layout(mesh, 16, process_of=lambda d: d.id // 4)  # noqa: E731
+    if ok:
+        check()
+    else:
+        with pytest.raises(ConfigError, match=r"mesh.shape=\(1, 1, 8\) over 2 processes: the "
+                                              r"devices of process 0 hold 16 rows"):
+            check()
+    parallel.check_batch_layout(mesh, 16)  # one process: any layout

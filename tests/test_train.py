@@ -1,12 +1,16 @@
-"""Trainer contracts: run length, schedule, run dir and summary, NaN guard."""
+"""Trainer contracts: run length, schedule, run dir and summary, NaN guard, MFU peaks."""
 
 import json
 import math
 import os
+import time
+import types
 
+import jax
 import numpy as np
 import pytest
 
+from ehr_jax.data import loader as data_loader
 from ehr_jax.data import tokenize
 from ehr_jax.errors import ConfigError, EhrJaxError
 from ehr_jax.train import metrics, optim, trainer
@@ -117,7 +121,11 @@ def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
     assert os.listdir(tmp_path / "tensorboard")
     assert SUMMARY_FIELDS <= set(summary)
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 12
-    assert summary["tokens_seen"] == 12 * 8 * 32
+    assert summary["padded_tokens_seen"] == 12 * 8 * 32
+    assert summary["tokens_seen"] == _real_tokens(config, 12)  # padding is not counted
+    assert summary["tokens_seen"] < summary["padded_tokens_seen"]
+    epoch = data_loader.epoch_stats(prepared_dir, "train", 32)["tokens"]
+    assert summary["epochs_over_data"] == pytest.approx(summary["tokens_seen"] / epoch)
     assert summary["flops"] == pytest.approx(summary["tokens_seen"] * summary["flops_per_token"])
     assert summary["flops_6nd"] == pytest.approx(6 * summary["n_params"] * summary["tokens_seen"])
     assert summary["tokenizer_hash"] == "test-hash" and summary["num_devices"] == 8
@@ -135,31 +143,62 @@ def test_run_writes_run_dir_and_summary(prepared_dir, tmp_path):
     assert [r["step"] for r in rows if "val_loss" in r] == [4, 8, 12]
 
 
+def _real_tokens(config, steps: int) -> int:
+    """Non-pad input tokens in the run's first `steps` batches, read again from its loader."""
+    loader = data_loader.train_loader(
+        config.data.prepared_dir, seq_len=config.data.seq_len,
+        global_batch_size=config.train.global_batch_size, seed=config.seed, process_index=0,
+        process_count=1, pack=config.data.pack)
+    return sum(int(np.count_nonzero(next(loader)["tokens"])) for _ in range(steps))
+
+
 @pytest.mark.slow
-def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoint(prepared_dir, tmp_path):
+def test_packed_run_trains_on_packed_rows(prepared_dir, tmp_path):
+    config = train_fixtures.tiny_config(prepared_dir, steps=4)
+    config.data.pack = True
+    summary = trainer.run(config, str(tmp_path), config.data.prepared_dir)
+    assert summary["config"]["data"]["pack"] is True
+    assert summary["tokens_seen"] == _real_tokens(config, 4)
+    assert math.isfinite(summary["final_train_loss"]) and math.isfinite(summary["val_loss"])
+    unpacked = data_loader.epoch_stats(prepared_dir, "train", 32)
+    packed = data_loader.epoch_stats(prepared_dir, "train", 32, pack=True)
+    assert packed["padding_share"] < unpacked["padding_share"]
+    assert summary["tokens_seen"] / summary["padded_tokens_seen"] > 1 - unpacked["padding_share"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint_every", [1, 100])
+def test_non_finite_loss_stops_naming_the_step_and_what_was_kept(prepared_dir, tmp_path, checkpoint_every):
+    """Every step checkpointed: the last good checkpoint is kept and the error says so. None yet
+    (due at step 100): the error says nothing was saved and that the workdir takes new settings."""
     config = train_fixtures.tiny_config(prepared_dir, steps=12)
     config.train.lr = 1e30  # the first update blows the weights up
     config.train.warmup_frac = 0.0
-    config.train.checkpoint_every = 1
+    config.train.checkpoint_every = checkpoint_every
     with pytest.raises(EhrJaxError, match=r"at step (\d+) is not finite") as error:
         trainer.run(config, str(tmp_path), config.data.prepared_dir)
-    bad_step = int(error.value.args[0].split("at step ")[1].split()[0])
+    message = str(error.value)
+    assert "Lower train.lr" in message and "step None" not in message
+    assert not (tmp_path / "summary.json").exists()
+    if checkpoint_every == 100:
+        assert "no checkpoint was saved yet" in message and "same --workdir accepts new settings" in message
+        return
+    bad_step = int(message.split("at step ")[1].split()[0])
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert saved and max(saved) < bad_step
-    assert not (tmp_path / "summary.json").exists()
+    assert f"the last good checkpoint (step {max(saved)}) is kept" in message
 
 
 def test_chrono_times_only_training_steps(monkeypatch):
     clock = iter([0.0, 1.0, 100.0, 102.0])  # compile, 1 step, (eval pause), 2 steps
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
-    chrono = metrics.Chrono(total_steps=10, tokens_per_step=50, flops_per_step=1e6,
-                            peak_flops_total=4e6)
-    chrono.mark(1)  # the compile step only sets the reference
-    chrono.mark(2)
+    chrono = metrics.Chrono(total_steps=10, flops_per_token=2e4, peak_flops_total=4e6)
+    chrono.mark(1, 40)  # the compile step only sets the reference
+    chrono.mark(2, 90)  # 50 real tokens in 1 s
     chrono.pause()
-    chrono.mark(3)
-    chrono.mark(5)
-    assert (chrono.timed_steps, chrono.timed_s) == (3, 3.0)
+    chrono.mark(3, 130)
+    chrono.mark(5, 230)  # 100 real tokens in 2 s
+    assert (chrono.timed_steps, chrono.timed_tokens, chrono.timed_s) == (3, 150, 3.0)
     rates = chrono.rates()
     assert rates["tokens_per_s"] == pytest.approx(50.0) and rates["mfu"] == pytest.approx(0.25)
     assert chrono.eta_s(5) == pytest.approx(5.0)
@@ -179,6 +218,32 @@ def test_config_mistakes_are_clear_errors_before_training(prepared_dir, tmp_path
     with pytest.raises(ConfigError, match=message):
         trainer.run(config, str(tmp_path), config.data.prepared_dir)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_peak_flops_table_and_measured_fallback():
+    def kind(name):
+        return types.SimpleNamespace(device_kind=name, platform="gpu")
+
+    assert metrics.peak_flops(kind("NVIDIA H100 80GB HBM3")) == 989e12
+    assert metrics.peak_flops(kind("NVIDIA H100 PCIe")) == 756e12
+    assert metrics.peak_flops(kind("NVIDIA H200")) == 989e12
+    assert metrics.peak_flops(kind("TPU v5 lite")) == 197e12
+    assert metrics.peak_flops(kind("TPU v5p")) == 459e12
+    # Longest match wins: an A100 is not an A10, an L40S not an L4.
+    assert metrics.peak_flops(kind("NVIDIA A100-SXM4-80GB")) == 312e12
+    assert metrics.peak_flops(kind("NVIDIA A10G")) == 125e12
+    assert metrics.peak_flops(kind("NVIDIA L40S")) == 362e12
+    assert metrics.peak_flops(kind("NVIDIA L4")) == 121e12
+    assert metrics.peak_flops(kind("NVIDIA B200")) == 2250e12
+    assert metrics.peak_flops(kind("TPU v3")) == 123e12
+    assert metrics.peak_flops(kind("TPU7x")) == 2307e12
+    cpu = jax.devices()[0]
+    measured = metrics.peak_flops(cpu)
+    start = time.perf_counter()
+    assert metrics.peak_flops(cpu) == measured  # cached: measured once per process
+    assert time.perf_counter() - start < 0.1
+    # 8 fake devices share the host: each gets an eighth of a plausible host peak.
+    assert 1e8 < measured * jax.local_device_count() < 1e13
 
 
 def _one_step(accum_steps, batch, mesh, remat=False):

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from ehr_jax.errors import ConfigError
+from ehr_jax.model import sizes
 from ehr_jax.model import transformer as T
 
 VOCAB = 97
@@ -113,9 +114,9 @@ def _full_forward_logits(model, sequences, positions):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n_kv_heads", [0, 2])
-def test_kv_cache_matches_full_forward_with_left_padding(n_kv_heads):
-    model = _model(n_kv_heads=n_kv_heads)
+@pytest.mark.parametrize("n_kv_heads,scan_layers", [(0, "off"), (2, "off"), (2, "on")])
+def test_kv_cache_matches_full_forward_with_left_padding(n_kv_heads, scan_layers):
+    model = _model(n_kv_heads=n_kv_heads, scan_layers=scan_layers)
     rng = np.random.default_rng(0)
     lengths = np.array([7, 4, 1])  # real prompt lengths; row 0 has no padding
     p, new = 7, 4
@@ -126,7 +127,7 @@ def test_kv_cache_matches_full_forward_with_left_padding(n_kv_heads):
         tokens[row, p - len(prompt):] = prompt
         valid[row, p - len(prompt):] = True
     logits, cache = nnx.jit(lambda m, t, v: m.prefill(t, v, max_len=p + new))(model, tokens, valid)
-    assert cache.k[0].shape[1] == p + new
+    assert cache.k[0].shape[1] == p + new  # layer 0's keys, in either layout
     decode, traces = _decode_fn(model)
     sequences, cached_logits = [list(x) for x in prompts], [np.asarray(logits)]
     for _ in range(new - 1):
@@ -190,6 +191,33 @@ def test_remat_is_in_the_gradient_and_changes_nothing_else():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g1, g2)
 
 
+@pytest.mark.slow
+def test_scan_layers_starts_from_the_same_parameters_and_loss():
+    """Scanned blocks are the looped blocks stacked: same init, same loss and gradients."""
+    tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, VOCAB)
+
+    def loss(model):
+        return jax.nn.logsumexp(model(tokens), axis=-1).mean()
+
+    looped, scanned = _model("d32-l2", scan_layers="off"), _model("d32-l2", scan_layers="on")
+    assert len(looped.blocks) == 2 and scanned.blocks.attn.wq[...].shape[0] == 2
+    def stacked_leaves(per_layer):  # the looped layers' arrays, stacked as the scan stores them
+        return [np.stack(layer) for layer in zip(*(jax.tree.leaves(x) for x in per_layer))]
+
+    want = stacked_leaves([nnx.state(b, nnx.Param) for b in looped.blocks])
+    for got, expected in zip(jax.tree.leaves(nnx.state(scanned.blocks, nnx.Param)), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert scanned.blocks.attn.wq.get_metadata()["out_sharding"][0] == "layers"
+    for remat in (False, True):
+        (l1, g1), (l2, g2) = (
+            nnx.jit(nnx.value_and_grad(loss))(_model("d32-l2", scan_layers=s, remat=remat))
+            for s in ("off", "on"))
+        assert float(l1) == pytest.approx(float(l2), rel=1e-6)
+        want = stacked_leaves([g1["blocks"][i] for i in range(2)])
+        for got, expected in zip(jax.tree.leaves(g2["blocks"]), want, strict=True):
+            np.testing.assert_allclose(got, expected, atol=1e-6, rtol=1e-5)
+
+
 def test_tied_embeddings_have_no_head():
     model = _model("d32-l1", tie_embeddings=True)
     assert not hasattr(model, "head")
@@ -199,13 +227,16 @@ def test_tied_embeddings_have_no_head():
 
 def test_model_config_reads_config_and_rejects_bad_values():
     cfg = T.model_config(ml_collections.ConfigDict(dict(size="d96-l3", n_kv_heads=1)), 50, 32)
-    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads) == (96, 3, 3, 1)
+    assert cfg.size == sizes.get_size("d96-l3") and cfg.n_kv_heads == 1
     assert cfg.dtype == "float32" and cfg.attention == "xla"  # "auto" on CPU
+    assert not cfg.scan_layers  # "auto" loops on CPU
     assert T.model_config({"size": "d96-l3"}, 50, 32).n_kv_heads == 3  # plain dicts work too
     with pytest.raises(ConfigError, match=r"config\.model\.dtype"):
         T.model_config(ml_collections.ConfigDict(dict(size="d96-l3", dtype="fp8")), 50, 32)
     with pytest.raises(ConfigError, match=r"config\.model\.n_kv_heads"):
         T.model_config(ml_collections.ConfigDict(dict(size="d96-l3", n_kv_heads=2)), 50, 32)
+    with pytest.raises(ConfigError, match=r"config\.model\.scan_layers"):
+        T.model_config(ml_collections.ConfigDict(dict(size="d96-l3", scan_layers="yes")), 50, 32)
     with pytest.raises(ConfigError, match=r"config\.model\.size"):
         T.model_config(ml_collections.ConfigDict(dict(size="big")), 50, 32)
     with pytest.raises(ConfigError, match=r"config\.model\.attention='cudnn'"):

@@ -234,3 +234,84 @@ def test_resolved_probability_treats_capped_rollouts_as_censored():
     np.testing.assert_allclose(result.probability_C, [0.5, 0, pooled])
     np.testing.assert_allclose(result.resolved_probability_C(1.0),
                                [(1 + pooled) / 3, pooled / 5, pooled])
+
+
+@pytest.mark.slow
+def test_refilled_slots_decode_as_a_fresh_sliding_window(tiny_transformer):
+    """Greedy rollouts (tiny temperature) through 2 slots, refilled 3 times at shifted ring
+    positions, equal those through 6 slots filled at once and a plain greedy loop over the
+    last `window` tokens (one layer: the ring equals a fresh pass over the window)."""
+    window, caps = 4, np.array([5, 7, 9])
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(1, 23, n) for n in (2, 4, 3)]
+    tokens, valid = zero_shot.left_pad(prompts, window)
+    rule = zero_shot.resolve_rule(OutcomeRule(positive=("NEVER",), negative=("NEVER",)), BIG_VOCAB)
+    results = []
+    for cases_per_batch in (1, 3):
+        sampler = zero_shot.RolloutSampler(tiny_transformer, prompt_len=window, max_new_tokens=9, num_rollouts=2,
+                                           cases_per_batch=cases_per_batch, window=window, temperature=1e-6,
+                                           record_tokens=True)
+        results.append(sampler.run(tokens, valid, np.full(3, np.inf), rule, cap_C=caps))
+    np.testing.assert_array_equal(results[0].tokens_CxRxT, results[1].tokens_CxRxT)
+    np.testing.assert_array_equal(results[0].new_tokens_CxR, np.repeat(caps[:, None], 2, axis=1))
+    last_logits = nnx.jit(lambda m, x: m(x)[:, -1])
+    for case, prompt in enumerate(prompts):
+        sequence = list(prompt)
+        for _ in range(caps[case]):
+            sequence.append(int(np.argmax(last_logits(tiny_transformer, jnp.asarray([sequence[-window:]]))[0])))
+        for rollout in range(2):
+            assert results[0].tokens_CxRxT[case, rollout, :caps[case]].tolist() == sequence[len(prompt):]
+        assert (results[0].tokens_CxRxT[case, :, caps[case]:] == 0).all()
+
+
+@pytest.mark.slow
+def test_slots_split_over_8_devices_give_the_one_device_result(tiny_transformer):
+    """Sampled (not greedy) rollouts with their slots sharded over the data axis of 8 devices
+    equal those on one device: same draws, same stops, same tokens."""
+    from ehr_jax import parallel
+
+    mesh = parallel.make_mesh((8, 1, 1))
+    graphdef, state = nnx.split(tiny_transformer)
+    on_mesh = nnx.merge(graphdef, jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
+    rng = np.random.default_rng(3)
+    tokens, valid = zero_shot.left_pad([rng.integers(1, 23, n) for n in (2, 4, 3, 1, 4, 2)], 4)
+    rule = zero_shot.resolve_rule(OutcomeRule(positive=("X3",), negative=("X4",)), BIG_VOCAB)
+    results = []
+    for model, sampler_mesh in ((tiny_transformer, None), (on_mesh, mesh)):
+        sampler = zero_shot.RolloutSampler(model, prompt_len=4, max_new_tokens=12, num_rollouts=2, cases_per_batch=4,
+                                           window=4, record_tokens=True, mesh=sampler_mesh)
+        results.append(sampler.run(tokens, valid, np.full(6, np.inf), rule, seed=5, cap_C=np.array([3, 12] * 3)))
+    one, sharded = results
+    for field in ("outcome_CxR", "reason_CxR", "new_tokens_CxR", "tokens_CxRxT"):
+        np.testing.assert_array_equal(getattr(one, field), getattr(sharded, field))
+    assert (one.reason_CxR != zero_shot.CAPPED).any() and one.outcome_CxR.any()  # the rules did fire
+
+
+@pytest.mark.slow
+def test_rollouts_with_scanned_layers_equal_the_loop():
+    """model.scan_layers stacks the K/V caches ([layers, B, S, KV, K]): the case pool, slot
+    refills (12 rollouts through 8 slots) and the slot sharding over 8 devices find the slot axis there too, and greedy
+    rollouts equal those of the same parameters run as a loop, on one device and on 8."""
+    from ehr_jax import parallel
+
+    rng = np.random.default_rng(4)
+    tokens, valid = zero_shot.left_pad([rng.integers(1, 23, n) for n in (2, 4, 3, 1, 4, 2)], 4)
+    rule = zero_shot.resolve_rule(OutcomeRule(positive=("X3",), negative=("X4",)), BIG_VOCAB)
+    mesh = parallel.make_mesh((8, 1, 1))
+    results = {}
+    for scan in ("off", "on"):
+        model_cfg = ml_collections.ConfigDict({"size": "d32-l2", "dtype": "float32", "scan_layers": scan})
+        model = transformer.Transformer(transformer.model_config(model_cfg, vocab_size=len(BIG_VOCAB), seq_len=16),
+                                        rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(model)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        on_mesh = nnx.merge(graphdef, jax.device_put(state, replicated))
+        for where, m, sampler_mesh in (("one", model, None), ("mesh", on_mesh, mesh)):
+            sampler = zero_shot.RolloutSampler(m, prompt_len=4, max_new_tokens=6, num_rollouts=2, cases_per_batch=4,
+                                               window=4, temperature=1e-6, record_tokens=True, mesh=sampler_mesh)
+            results[scan, where] = sampler.run(tokens, valid, np.full(6, np.inf), rule, cap_C=np.array([3, 6] * 3))
+    assert not isinstance(on_mesh.blocks, nnx.List)  # the last model built is the scanned one
+    reference = results["off", "one"]
+    for key, result in results.items():
+        for field in ("reason_CxR", "new_tokens_CxR", "tokens_CxRxT"):
+            np.testing.assert_array_equal(getattr(result, field), getattr(reference, field), err_msg=str(key))

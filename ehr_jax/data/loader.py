@@ -25,8 +25,14 @@ Order: window ids of the split form one epoch; global position g (batch i, row r
 g = i * global_batch_size + r) maps to a window through Grain's per-epoch index shuffle seeded
 from (seed, g // epoch_length), so batch i is a pure function of (seed, i) and the data, and
 process p of P reads only rows [p*B/P, (p+1)*B/P) of it. The iterator's state is therefore the
-step (plus seed, seq_len, global batch size and epoch length, checked on restore), which also
-lets a run resume with another number of workers or processes.
+step (plus seed, seq_len, global batch size, epoch length and packing, checked on restore),
+which also lets a run resume with another number of workers or processes.
+
+Packing (train_loader(pack=True), config data.pack): a row holds several windows side by side
+(ehr_jax.data.packing decides which, again a pure function of (seed, row)); each window is its
+own segment: `segment_ids` 1, 2, ... (0 on padding) and `positions` restarting at 0, which the
+model uses to mask attention per segment and to restart RoPE, so the rule above still holds:
+no token ever sees another patient. Unpacked batches carry neither key.
 """
 
 from __future__ import annotations
@@ -41,11 +47,11 @@ import numpy as np
 from absl import logging
 from array_record.python import array_record_module
 
-from ehr_jax.data import shards, tokenize
+from ehr_jax.data import packing, shards, tokenize
 from ehr_jax.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
-_STATE_KEYS = ("seed", "seq_len", "global_batch_size", "num_windows")
+_STATE_KEYS = ("seed", "seq_len", "global_batch_size", "num_windows", "pack")
 
 
 def _check_seq_len(seq_len: int) -> None:
@@ -83,6 +89,27 @@ def num_windows(prepared_dir: str | os.PathLike, split: str, seq_len: int) -> in
     """Windows in one epoch of a split (from the index, without reading records)."""
     _check_seq_len(seq_len)
     return int(len(_layout_windows(shards.read_index(prepared_dir, split), seq_len)["record"]))
+
+
+def _window_sizes(windows: dict[str, np.ndarray]) -> np.ndarray:
+    """Input positions of each window: its token sequence's length minus one."""
+    return (windows["carry"] + windows["body_end"] - windows["body_start"] - 1).astype(np.int64)
+
+
+def epoch_stats(prepared_dir: str | os.PathLike, split: str, seq_len: int, *,
+                pack: bool = False) -> dict[str, float]:
+    """One epoch of a split as the loader serves it: rows, real (non-pad) input tokens and the
+    padding share 1 - tokens / (rows x seq_len); from the index, without reading records.
+
+    An unpacked row shorter than seq_len also holds its window's last target as an input (with
+    mask 0), so it counts one token more than the window's size; a packed row does not.
+    """
+    _check_seq_len(seq_len)
+    sizes = _window_sizes(_layout_windows(shards.read_index(prepared_dir, split), seq_len))
+    rows = packing.PackedEpochs(sizes, seq_len, 0).rows_per_epoch if pack else len(sizes)
+    tokens = int(sizes.sum()) + (0 if pack else int(np.count_nonzero(sizes < seq_len)))
+    return {"rows": rows, "tokens": tokens,
+            "padding_share": 1.0 - tokens / max(rows * seq_len, 1)}
 
 
 class _PatientShards:
@@ -151,6 +178,7 @@ class _WindowReader:
                  first_age: int | None = None):
         self._source = _PatientShards(paths)
         self._windows = windows
+        self._sizes = _window_sizes(windows)
         self._seq_len = seq_len
         self._first_age = first_age
 
@@ -161,31 +189,70 @@ class _WindowReader:
     def num_records(self) -> int:
         return len(self._source)
 
-    def batch(self, window_ids: np.ndarray, num_rows: int) -> Batch:
-        """Rows for `window_ids`, then all-padding rows (mask 0) up to num_rows."""
+    @property
+    def seq_len(self) -> int:
+        return self._seq_len
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Input positions of each window."""
+        return self._sizes
+
+    def _sequences(self, window_ids: np.ndarray) -> list[np.ndarray]:
+        """Each window's token sequence t[0:carry] ++ t[body_start:body_end], one batched read."""
         w = self._windows
         carry, start = w["carry"][window_ids], w["body_start"][window_ids]
         end = w["body_end"][window_ids]
-        seq_BxL1 = np.zeros((num_rows, self._seq_len + 1), np.int32)
-        records = self._source.read(w["record"][window_ids])
-        for row, data in enumerate(records):
+        sequences = []
+        for row, data in enumerate(self._source.read(w["record"][window_ids])):
             tokens, n_prefix = shards.decode_tokens(data)
             c = carry[row]
-            seq_BxL1[row, :c] = tokens[:c]
-            seq_BxL1[row, c:c + end[row] - start[row]] = tokens[start[row]:end[row]]
+            sequence = np.concatenate([tokens[:c], tokens[start[row]:end[row]]])
             if self._first_age is not None and 0 < n_prefix <= c:
                 times = shards.decode_record(data).times
-                seq_BxL1[row, n_prefix - 1] = tokenize.restate_age(tokens, times, n_prefix, times[start[row]],
-                                                                   self._first_age)
+                sequence[n_prefix - 1] = tokenize.restate_age(tokens, times, n_prefix,
+                                                              times[start[row]], self._first_age)
+            sequences.append(sequence)
+        return sequences
+
+    def batch(self, window_ids: np.ndarray, num_rows: int) -> Batch:
+        """Rows for `window_ids`, then all-padding rows (mask 0) up to num_rows."""
+        seq_BxL1 = np.zeros((num_rows, self._seq_len + 1), np.int32)
+        for row, sequence in enumerate(self._sequences(window_ids)):
+            seq_BxL1[row, :len(sequence)] = sequence
         lengths = np.zeros(num_rows, np.int64)  # inputs per row: sequence length minus one
-        lengths[:len(window_ids)] = carry + end - start - 1
+        lengths[:len(window_ids)] = self.sizes[window_ids]
         first_target = np.zeros(num_rows, np.int64)
-        first_target[:len(window_ids)] = carry
+        first_target[:len(window_ids)] = self._windows["carry"][window_ids]
         position = np.arange(self._seq_len)
         mask_BxL = (position >= first_target[:, None]) & (position < lengths[:, None])
         return {"tokens": np.ascontiguousarray(seq_BxL1[:, :-1]),
                 "targets": np.ascontiguousarray(seq_BxL1[:, 1:]),
                 "mask": mask_BxL.astype(np.float32)}
+
+    def packed_batch(self, rows: list[np.ndarray]) -> Batch:
+        """One row per entry of `rows`: its windows side by side, each its own segment (ids 1, 2,
+        ... in order, 0 on padding) with positions from 0 and the window's own mask."""
+        shape = (len(rows), self._seq_len)
+        batch = {"tokens": np.zeros(shape, np.int32), "targets": np.zeros(shape, np.int32),
+                 "mask": np.zeros(shape, np.float32), "segment_ids": np.zeros(shape, np.int32),
+                 "positions": np.zeros(shape, np.int32)}
+        window_ids = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        sequences = iter(self._sequences(window_ids))
+        carries = iter(self._windows["carry"][window_ids])
+        for row, windows in enumerate(rows):
+            offset = 0
+            for segment in range(1, len(windows) + 1):
+                sequence, carry = next(sequences), next(carries)
+                size = len(sequence) - 1
+                span = slice(offset, offset + size)
+                batch["tokens"][row, span] = sequence[:-1]
+                batch["targets"][row, span] = sequence[1:]
+                batch["mask"][row, offset + carry:offset + size] = 1.0
+                batch["segment_ids"][row, span] = segment
+                batch["positions"][row, span] = np.arange(size)
+                offset += size
+        return batch
 
 
 def _open_split(prepared_dir: str | os.PathLike, split: str, seq_len: int) -> _WindowReader:
@@ -215,11 +282,14 @@ class _LocalTrainBatch:
     """step -> this process's rows of global batch `step`: the pure function resume relies on."""
 
     def __init__(self, reader: _WindowReader, seed: int, global_batch_size: int,
-                 process_index: int, process_count: int):
+                 process_index: int, process_count: int, pack: bool):
         # Mix the seed so that run seed s, epoch e+1 does not replay run seed s+1, epoch e
         # (Grain seeds epoch e with seed + e).
         mixed_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-        self._order = grain.MapDataset.range(len(reader)).shuffle(seed=mixed_seed)
+        self._packed = (packing.PackedEpochs(reader.sizes, reader.seq_len, mixed_seed)
+                        if pack else None)
+        self._order = None if pack else grain.MapDataset.range(len(reader)).shuffle(
+            seed=mixed_seed)
         self._reader = reader
         self._global_batch_size = global_batch_size
         self._rows = global_batch_size // process_count
@@ -227,7 +297,10 @@ class _LocalTrainBatch:
 
     def __call__(self, step: int) -> Batch:
         first = step * self._global_batch_size + self._first_row
-        window_ids = np.array([self._order[g] for g in range(first, first + self._rows)])
+        rows = range(first, first + self._rows)
+        if self._packed is not None:
+            return self._reader.packed_batch([self._packed.windows(g) for g in rows])
+        window_ids = np.array([self._order[g] for g in rows])
         return self._reader.batch(window_ids, self._rows)
 
 
@@ -272,12 +345,13 @@ class TrainLoader:
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise ConfigError(f"loader state from the checkpoint has step={step!r}; expected a "
                               f"non-negative integer (a state saved by TrainLoader.get_state)")
+        state = {"pack": False, **state}  # states saved before packing existed were unpacked
         for key in _STATE_KEYS:
             if state.get(key) != self._fingerprint[key]:
                 raise ConfigError(
                     f"loader state from the checkpoint has {key}={state.get(key)!r} but this run "
                     f"has {self._fingerprint[key]}; resume with the same seed, data.seq_len, "
-                    f"train.global_batch_size and prepared data")
+                    f"data.pack, train.global_batch_size and prepared data")
         self.close()
         self._step = int(step)
 
@@ -305,8 +379,10 @@ def _process_slot(global_batch_size: int, process_index: int | None,
 
 def train_loader(prepared_dir: str | os.PathLike, *, seq_len: int, global_batch_size: int,
                  seed: int, process_index: int | None = None, process_count: int | None = None,
-                 num_workers: int = 0) -> TrainLoader:
+                 num_workers: int = 0, pack: bool = False) -> TrainLoader:
     """This process's share of the shuffled, infinite stream of train-split batches.
+
+    pack=True fills each row with several windows (segment_ids and positions in the batch).
 
     num_workers > 0 moves batch building into Grain worker processes (spawned, so the calling
     program must guard its entry point, as absl's app.run does); batches are identical either
@@ -319,9 +395,10 @@ def train_loader(prepared_dir: str | os.PathLike, *, seq_len: int, global_batch_
         raise ConfigError(f"data.num_workers must be >= 0; got {num_workers}")
     reader = _open_split(prepared_dir, "train", seq_len)
     make_batch = _LocalTrainBatch(reader, int(seed), global_batch_size, process_index,
-                                  process_count)
+                                  process_count, bool(pack))
     fingerprint = {"seed": int(seed), "seq_len": int(seq_len),
-                   "global_batch_size": int(global_batch_size), "num_windows": len(reader)}
+                   "global_batch_size": int(global_batch_size), "num_windows": len(reader),
+                   "pack": bool(pack)}
     return TrainLoader(make_batch, fingerprint, num_workers)
 
 

@@ -25,10 +25,10 @@ from typing import Callable, Iterable, Iterator
 import ml_collections
 import numpy as np
 import polars as pl
-from absl import app, flags, logging
+from absl import flags, logging
 
-from ehr_jax import rundir
-from ehr_jax.data import meds, shards, tokenize, vocab
+from ehr_jax import cli, rundir
+from ehr_jax.data import barrier, day_tokens, meds, shards, tokenize, vocab
 from ehr_jax.errors import ConfigError, DataError, EhrJaxError
 
 MAX_TEXT_VALUES = 8  # default of config.data.max_text_values (configs/base.py)
@@ -82,7 +82,7 @@ def manifest_of(tok: tokenize.Tokenizer, settings: dict, hashes: dict, ds: meds.
     """The manifest both engines write (`ds` gives the input's root, layout and provenance)."""
     train = splits["train"]
     return {"vocab_size": len(tok.tokens), "settings": settings, **hashes,
-            "tokens_per_day": train["day_tokens_sq"] / train["day_tokens"] if train["day_tokens"] else 0.0,
+            "tokens_per_day": day_tokens.ratio(train),
             "tokenizer_hash": tok.hash(), "tokenizer_version": tokenize.TOKENIZER_VERSION,
             "meds_dir": str(ds.root), "layout": ds.layout, "provenance": meds.provenance(ds),
             "ignored_files": len(ds.ignored_files), "splits": splits}
@@ -176,43 +176,8 @@ def encoded_records(tok: tokenize.Tokenizer, frames: Iterable[pl.DataFrame], sta
         stats["num_unk_tokens"] += int((encoded.tokens == tok.token_id[tokenize.UNK]).sum())
         dropped["rows_of_subjects_without_timed_events"] += encoded.dropped_rows
         for record in encoded.records():
-            add_day_counts(stats, record)
+            day_tokens.add_day_counts(stats, record)
             yield record
-
-
-def add_day_counts(stats: dict, record: shards.PatientRecord) -> None:
-    """Adds sum(n) and sum(n^2) over the record's (subject, UTC day) token counts n.
-
-    Their ratio is the train split's tokens per busy day (manifest "tokens_per_day"): the
-    token-weighted mean count of tokens on the same subject-day as a token. A mean over a
-    timeline's calendar span (months between admissions) or over days with data (many quiet
-    outpatient days) would fall far below the density inside a hospital stay, where rollouts
-    spend their tokens. Evaluation turns it into rollout token budgets
-    (ehr_jax.evaluation.zero_shot.token_caps).
-    """
-    days = np.asarray(record.times[record.n_prefix:]) // 86_400
-    if days.size:
-        _, counts = np.unique(days, return_counts=True)
-        stats["day_tokens"] += int(counts.sum())
-        stats["day_tokens_sq"] += int((counts.astype(np.int64) ** 2).sum())
-
-
-def tokens_per_day(prepared_dir: str | os.PathLike, max_records: int = 20_000) -> float:
-    """The train split's tokens per busy day (add_day_counts): from the manifest, or (prepared
-    dirs made before it was recorded) measured on up to max_records train records."""
-    manifest = shards.read_manifest(prepared_dir)
-    if manifest.get("tokens_per_day"):
-        return float(manifest["tokens_per_day"])
-    stats, n_records = new_split_stats(), 0
-    for record in shards.iter_records(prepared_dir, "train"):
-        if n_records == max_records:
-            break
-        add_day_counts(stats, record)
-        n_records += 1
-    value = stats["day_tokens_sq"] / stats["day_tokens"] if stats["day_tokens"] else 0.0
-    logging.info("%s: no tokens_per_day in the manifest (prepared before it was recorded); "
-                 "measured %.1f on %d train records", prepared_dir, value, n_records)
-    return value
 
 
 def split_summary(split: str, stats: dict, dropped: collections.Counter, shard_entries: list[dict]) -> dict:
@@ -230,9 +195,10 @@ def ensure_prepared(data: ml_collections.ConfigDict, workdir: str | os.PathLike,
     """The prepared dir of config group `data` (built if missing or stale); returns its path.
 
     data.meds_dir "" means <workdir>/meds, written first by `write_meds(meds_dir)` (main passes
-    the synthetic generator). Process 0 writes while the others wait at a barrier. A process that
-    then finds no manifest (hosts without a shared filesystem) prepares its own copy: the output
-    is deterministic.
+    the synthetic generator). In a multi-process job process 0 prepares while the others wait
+    on a status file (ehr_jax.data.barrier), not in a device collective whose timeouts a long
+    prepare would hit; a host that shares no filesystem with process 0 prepares its own copy
+    (the output is deterministic).
     """
     import jax  # deferred: the CLI and data tests do not need a JAX backend
 
@@ -253,19 +219,14 @@ def ensure_prepared(data: ml_collections.ConfigDict, workdir: str | os.PathLike,
                 num_quantiles=data.num_quantiles, records_per_shard=data.records_per_shard,
                 max_text_values=data.get("max_text_values", MAX_TEXT_VALUES))
 
-    error = None
-    if jax.process_index() == 0:
-        try:
-            build()
-        except Exception as e:  # still reach the barrier, so other processes fail instead of hanging
-            error = e
-    if jax.process_count() > 1:
+    def broadcast(value: int) -> int:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("ehr_jax.data.prepare.ensure_prepared")
-        if jax.process_index() != 0 and not (prepared_dir / shards.MANIFEST).exists():
-            build()
-    if error is not None:
-        raise error
+
+        return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+    barrier.run_on_first(prepared_dir, build, process_index=jax.process_index(),
+                         process_count=jax.process_count(), broadcast=broadcast,
+                         timeout_s=float(data.prepare_wait_s), what=f"preparing {prepared_dir}")
     return str(prepared_dir)
 
 
@@ -308,4 +269,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -15,14 +15,13 @@ it only writes the built-in tasks' labels of every split as MEDS label files
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from ehr_jax import config_files, rundir
+from ehr_jax import cli, config_files, rundir
 from ehr_jax.data import shards
 from ehr_jax.errors import ConfigError, EhrJaxError
 
@@ -77,7 +76,7 @@ def prepared_dir_of(run_dir: str, config: ml_collections.ConfigDict) -> str:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     from ehr_jax.evaluation import runner  # after flag parsing: keeps --help fast
 
     run_dir = flags.FLAGS.workdir
@@ -88,10 +87,11 @@ def main(argv: list[str]) -> None:
             counts = runner.write_labels(config, prepared_dir_of(run_dir, config), flags.FLAGS.write_labels)
             print(json.dumps(counts, indent=1))
             return
-        evaluations = runner.evaluate(run_dir, config, prepared_dir_of(run_dir, config))
+        # The run's lock: never beside its trainer, or another evaluation, writing summary.json.
+        with rundir.Lock(run_dir, rundir.RUN_LOCK, f"the run in {run_dir}"):
+            evaluations = runner.evaluate(run_dir, config, prepared_dir_of(run_dir, config))
     except EhrJaxError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
     logging.info("evaluation written to %s", os.path.join(run_dir, rundir.SUMMARY))
     print(json.dumps({name: {task: {m: {k: v[k] for k in ("auroc", "auroc_ci", "n_cases", "not_run") if k in v}
                                     for m, v in methods.items()} for task, methods in results.items()}
@@ -100,4 +100,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

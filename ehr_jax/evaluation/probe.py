@@ -15,6 +15,8 @@ import numpy as np
 from flax import nnx
 from scipy import optimize, special
 
+from ehr_jax.evaluation import zero_shot
+
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalty per case on standardized features
 CV_FOLDS = 3
 
@@ -26,9 +28,12 @@ class Representer:
     and positions start at 0 as in training.
     """
 
-    def __init__(self, model: nnx.Module, *, prompt_len: int, batch_size: int):
+    def __init__(self, model: nnx.Module, *, prompt_len: int, batch_size: int,
+                 mesh: jax.sharding.Mesh | None = None):
+        """mesh: split each batch over its data axes (batch_size must divide)."""
         self.graphdef, self.state = nnx.split(model)
         self.prompt_len, self.batch_size = prompt_len, batch_size
+        self.place = zero_shot.batch_placer(mesh, batch_size)
         self._hidden = jax.jit(self._last_hidden)
 
     def run(self, prompts: list[np.ndarray]) -> np.ndarray:
@@ -40,8 +45,8 @@ class Representer:
             lengths = np.array([len(p) for p in rows], np.int32)
             for i, prompt in enumerate(rows):
                 tokens[i, :len(prompt)] = prompt
-            hidden = self._hidden(self.state, jnp.asarray(tokens), jnp.asarray(lengths - 1))
-            out.append(np.asarray(hidden)[: min(b, n - start)])
+            hidden = self._hidden(self.state, self.place(tokens), self.place(lengths - 1))
+            out.append(zero_shot.to_host(hidden)[: min(b, n - start)])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def _last_hidden(self, state, tokens_BxL, last_B):

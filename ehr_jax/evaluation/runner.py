@@ -33,9 +33,9 @@ from flax import nnx
 from meds import LabelSchema
 
 from ehr_jax import parallel, rundir
-from ehr_jax.data import meds, prepare, shards, tokenize
+from ehr_jax.data import day_tokens, meds, shards, tokenize
 from ehr_jax.errors import ConfigError, DataError
-from ehr_jax.evaluation import metrics, probe, tasks, zero_shot
+from ehr_jax.evaluation import metrics, probe, tasks, trajectories, zero_shot
 from ehr_jax.model import init as model_init
 from ehr_jax.model import transformer
 from ehr_jax.train import checkpoint
@@ -65,6 +65,7 @@ class EvalSettings:
     bootstrap: int
     prompt_len: int
     seed: int
+    write_trajectories: bool
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "EvalSettings":
@@ -90,7 +91,8 @@ class EvalSettings:
         return cls(evaluation_name(ev), task_names, str(ev.labels_dir),
                    {t: r for t, r in rules.items() if r is not None}, int(ev.num_rollouts),
                    int(ev.max_cases), int(ev.get("max_train_cases", 0)), int(ev.max_new_tokens),
-                   bool(ev.probe), int(ev.bootstrap), prompt_len, int(config.seed))
+                   bool(ev.probe), int(ev.bootstrap), prompt_len, int(config.seed),
+                   bool(ev.write_trajectories))
 
 
 def evaluation_name(ev: ml_collections.ConfigDict) -> str:
@@ -110,20 +112,23 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str)
     run_dir = os.path.abspath(run_dir)
     settings = EvalSettings.from_config(config)
     vocab = shards.read_vocab(prepared_dir)
-    model = restore_model(run_dir, config, len(vocab))
+    mesh = parallel.make_mesh(tuple(config.mesh.shape))
+    model = restore_model(run_dir, config, len(vocab), mesh)
     splits = ("held_out", "train") if settings.probe else ("held_out",)
     manifest = shards.read_manifest(prepared_dir)
     first_age = tokenize.first_age_id(manifest)
     dataset = open_meds(manifest, prepared_dir)
     labels = collect_labels(settings, dataset, prepared_dir, splits)
     records = {split: _records_of(prepared_dir, split, labels) for split in splits}
-    budget = RolloutBudget(prepare.tokens_per_day(prepared_dir),
+    budget = RolloutBudget(day_tokens.tokens_per_day(prepared_dir),
                            tasks.long_stay_days(cached_stays(dataset, prepared_dir, "train")))
     logging.info("evaluation %s: rollout budgets from %.0f tokens per day and a %.1f-day long stay "
                  "(at most %d tokens)", settings.name, budget.tokens_per_day, budget.stay_days,
                  settings.max_new_tokens)
-    predictors = Predictors(model, settings, window=int(config.data.seq_len), budget=budget)
     out_dir = Path(run_dir) / rundir.EVALUATION / settings.name
+    tokenizer = tokenize.Tokenizer.load(prepared_dir) if settings.write_trajectories else None
+    predictors = Predictors(model, settings, window=int(config.data.seq_len), budget=budget,
+                            trajectories=(out_dir, tokenizer) if tokenizer else None, mesh=mesh)
     results: dict = {}
     for task in settings.tasks:
         held = labels[task]["held_out"]
@@ -194,17 +199,25 @@ class RolloutBudget:
 class Predictors:
     """The model's three ways to give a risk, each compiled once and reused across tasks."""
 
-    def __init__(self, model: nnx.Module, settings: EvalSettings, window: int, budget: RolloutBudget):
+    def __init__(self, model: nnx.Module, settings: EvalSettings, window: int, budget: RolloutBudget,
+                 trajectories: tuple[Path, tokenize.Tokenizer] | None = None,
+                 mesh: jax.sharding.Mesh | None = None):
+        """trajectories: (evaluation dir, tokenizer) to write each task's rollouts as MEDS.
+        mesh: the training mesh; rollout slots and scoring batches split over its data axes."""
         self.settings = settings
         self.budget = budget
+        self.trajectories = trajectories
         cases_per_batch = max(1, ROLLOUT_BATCH // settings.num_rollouts)
+        ways = zero_shot.slot_ways(mesh) if mesh is not None else 1
+        while cases_per_batch * settings.num_rollouts % ways:  # slots split evenly over devices
+            cases_per_batch += 1
         self.sampler = zero_shot.RolloutSampler(
             model, prompt_len=settings.prompt_len, max_new_tokens=settings.max_new_tokens,
             num_rollouts=settings.num_rollouts, cases_per_batch=cases_per_batch,
-            window=window)
-        self.scorer = zero_shot.NextTokenScorer(model, cases_per_batch=SCORE_BATCH)
+            window=window, record_tokens=trajectories is not None, mesh=mesh)
+        self.scorer = zero_shot.NextTokenScorer(model, cases_per_batch=SCORE_BATCH, mesh=mesh)
         self.representer = probe.Representer(model, prompt_len=settings.prompt_len,
-                                             batch_size=SCORE_BATCH)
+                                             batch_size=SCORE_BATCH, mesh=mesh)
 
     def predict(self, task: str, cases: tasks.Cases, train_cases: tasks.Cases | None,
                 vocab: list[str]) -> tuple[dict[str, tuple[np.ndarray, dict]], dict[str, str]]:
@@ -262,6 +275,13 @@ class Predictors:
                  "capped_share": capped, "capped_share_high": capped > CAPPED_SHARE_LIMIT,
                  "rollout_s": seconds,
                  "generated_tokens_per_s": float(rollouts.new_tokens_CxR.sum() / max(seconds, 1e-9))}
+        if self.trajectories is not None and jax.process_index() == 0:
+            directory, tokenizer = self.trajectories
+            n_rows = trajectories.write(directory / task / "trajectories", tokenizer, rollouts.tokens_CxRxT,
+                                        cases.last_event_s, cases.labels, f"{task} rollouts")
+            logging.info("evaluation %s: %d rollouts written as MEDS (%d events) to %s", task,
+                         rollouts.tokens_CxRxT.shape[0] * rollouts.tokens_CxRxT.shape[1], n_rows,
+                         directory / task / "trajectories")
         if capped > CAPPED_SHARE_LIMIT:
             logging.warning("evaluation %s: %.0f%% of rollouts hit their token cap (censored; limit "
                             "%.0f%%): raise config.eval.max_new_tokens (caps: median %d, max %d) for "
@@ -271,23 +291,34 @@ class Predictors:
                 "zero_shot_resolved": (rollouts.resolved_probability_C(), dict(extra))}
 
 
-def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: int) -> nnx.Module:
-    """The model of the run's newest checkpoint, on one device (the optimizer item stays on disk)."""
-    model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len)
-    one_device = parallel.make_mesh((1, 1, 1), jax.devices()[:1])
-    graphdef, abstract = model_init.abstract(model_cfg, one_device)
+def restore_model(run_dir: str, config: ml_collections.ConfigDict, vocab_size: int,
+                  mesh: jax.sharding.Mesh | None = None) -> nnx.Module:
+    """The model of the run's newest checkpoint, sharded over `mesh` as in training (default:
+    one device); the optimizer item stays on disk.
+
+    The layer layout (scan_layers) and the embedding's rows (vocabulary padding) are the ones
+    the checkpoint records, whatever this backend's defaults, so a run trained on GPU evaluates
+    on CPU.
+    """
+    mesh = mesh or parallel.make_mesh((1, 1, 1), jax.devices()[:1])
     directory = os.path.join(run_dir, rundir.CHECKPOINTS)
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no checkpoints; train the run first (python -m ehr_jax.main)")
     checkpointer = checkpoint.Checkpointer(directory, keep=max(1, int(config.train.keep_checkpoints)),
                                            use_async=False)
     try:
-        restored = checkpointer.restore_model(abstract)
+        meta = checkpointer.latest_meta()
+        if meta is None:
+            raise DataError(f"{directory}: no complete checkpoint; train the run first")
+        rows = checkpointer.model_shape("embed")
+        model_cfg = transformer.model_config(config.model, vocab_size, config.data.seq_len,
+                                             padded_vocab=rows[0] if rows else None)
+        scan_layers = bool(meta.get("scan_layers", model_cfg.scan_layers))
+        model_cfg = dataclasses.replace(model_cfg, scan_layers=scan_layers)
+        graphdef, abstract = model_init.abstract(model_cfg, mesh)
+        step, state = checkpointer.restore_model(abstract)
     finally:
         checkpointer.close()
-    if restored is None:
-        raise DataError(f"{directory}: no complete checkpoint; train the run first")
-    step, state = restored
     logging.info("evaluation: restored the model of step %d of %s", step, run_dir)
     return nnx.merge(graphdef, state)
 

@@ -6,9 +6,7 @@ tree and XLA's cost analysis.
 """
 
 import dataclasses
-import functools
 import math
-import time
 
 from ehr_jax.errors import ConfigError
 
@@ -121,70 +119,3 @@ def flops_per_token(
 def flops_6nd(n_parameters: int, n_tokens: float) -> float:
     """Kaplan/Chinchilla 6ND, kept beside our count so fits can say which they use."""
     return 6.0 * n_parameters * n_tokens
-
-
-# Dense bf16 peak FLOP/s per chip, matched as a case-insensitive substring of jax's
-# device_kind (the longest match wins). Sources: NVIDIA datasheets (H100/H200/A100/B200 SXM,
-# L4, L40S, A10; dense, no sparsity); Google Cloud TPU docs (cloud.google.com/tpu/docs/v3, /v4,
-# /v5e, /v5p, /v6e, /tpu7x). A device kind missing here gets a measured matmul peak instead.
-DEVICE_PEAK_FLOPS: dict[str, float] = {
-    "TPU v3": 123e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,  # v5p reports itself as "TPU v5"
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
-    "TPU v6e": 918e12,
-    "H100": 989e12,  # SXM
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H200": 989e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,  # A10 datasheet; AWS's A10G is the same GA102 chip (its clocks may differ)
-    "TPU7x": 2307e12,  # Ironwood
-}
-
-
-def _known_peak(device_kind: str) -> float | None:
-    matches = [k for k in DEVICE_PEAK_FLOPS if k.lower() in device_kind.lower()]
-    return DEVICE_PEAK_FLOPS[max(matches, key=len)] if matches else None
-
-
-@functools.cache
-def _measured_peak(platform: str, device_kind: str, n_local: int) -> float:
-    """Best of a few large matmuls on one device: the peak an unknown device kind reaches.
-
-    On CPU the fake devices of one host share its cores, so the host peak is split among them
-    (peak x devices stays the host's peak).
-    """
-    import jax
-    import jax.numpy as jnp
-
-    device = jax.local_devices()[0]
-    dtype = jnp.float32 if platform == "cpu" else jnp.bfloat16
-    n = 1024 if platform == "cpu" else 8192
-    a = jax.device_put(jnp.ones((n, n), dtype), device)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = math.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    peak = 2.0 * n**3 / best
-    return peak / n_local if platform == "cpu" else peak
-
-
-def peak_flops(device=None) -> float:
-    """Peak FLOP/s of one device: the table for known kinds, else a measured matmul peak."""
-    import jax
-
-    device = device or jax.devices()[0]
-    known = _known_peak(device.device_kind)
-    if known is not None:
-        return known
-    return _measured_peak(device.platform, device.device_kind, jax.local_device_count())

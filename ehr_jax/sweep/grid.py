@@ -170,7 +170,7 @@ def expand(config: ml_collections.ConfigDict, *, vocab_size: int,
             chosen = [point(budget, name) for name in names]
             reason = placement.explicit_reason(chosen, grid)
         else:
-            chosen, _, reason = placement.auto_window(budget, ladder, grid, law)
+            chosen, reason = placement.auto_window(budget, ladder, grid, law)
         for run in chosen:
             if reason:
                 run = dataclasses.replace(run, skip_reason="; ".join(

@@ -41,9 +41,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in grid_lib.default_grid():
         if key not in config.grid:
             raise ConfigError(f"config.grid.{key} is missing; see configs/quickstart.py")
-    if config.grid.analysis_n not in ("non_embedding", "total"):
-        raise ConfigError(f"config.grid.analysis_n={config.grid.analysis_n!r}: expected "
-                          f"'non_embedding' or 'total' (the model size the fits use)")
     if not config.data.meds_dir and config.data.synthetic_subjects <= 0:
         raise ConfigError(
             "config.data.meds_dir is empty and config.data.synthetic_subjects is 0: pass your "
@@ -139,6 +136,10 @@ def _run_points(config, workdir, data_dirs, jobs, train_fn, evaluate_fn) -> dict
     """Every job in order (grid points, and wsd stable runs before their branches); finished
     ones skipped, failures recorded, progress with ETA.
 
+    Each run is trained under its run dir's lock, so sweeps sharing a workdir (a second
+    invocation, launcher jobs) never train one run twice: a run another process holds is left
+    for last (with the branches of a held stable run), then waited for, and skipped when that
+    process finished it.
     data_dirs: (prepared_dir, meds_dir) shared by every run.
     """
     outcome = {"finished": [], "trained": [], "failed": [], "skipped": []}
@@ -146,24 +147,49 @@ def _run_points(config, workdir, data_dirs, jobs, train_fn, evaluate_fn) -> dict
     done_flops, timings = 0.0, []  # timings: (cost, seconds) of runs trained now
     failed_stables: set[str] = set()
     start = time.monotonic()
-    for i, job in enumerate(jobs, 1):
+    queue = [(job, False) for job in jobs]  # (job, wait for its lock)
+    deferred: set[str] = set()  # held by another process: done last (and branches after them)
+    i = 0
+    while queue:
+        job, wait = queue.pop(0)
         run_dir = os.path.join(workdir, rundir.RUNS, job.name)
+        lock = rundir.Lock(run_dir, rundir.RUN_LOCK, f"sweep run {job.name}")
+        stable = getattr(job, "stable", "")
+        if (not wait and stable in deferred) or not _take(lock, wait):
+            logging.info("Sweep run %s is in use by %s; doing the other runs first", job.name,
+                         f"its stable run {stable}" if stable in deferred else
+                         lock.holder() or "another process")
+            deferred.add(job.name)
+            queue.append((job, True))
+            continue
+        i += 1
         run_start = time.monotonic()
-        if isinstance(job, grid_lib.StableRun):
-            trained = _run_stable(config, job, run_dir, data_dirs, train_fn, workdir, i, len(jobs))
-            if trained is None:
-                failed_stables.add(job.name)
-        else:
-            trained = _run_point(config, job, run_dir, data_dirs, train_fn, evaluate_fn, workdir,
-                                 outcome, failed_stables, f"{i}/{len(jobs)}")
+        try:
+            if isinstance(job, grid_lib.StableRun):
+                trained = _run_stable(config, job, run_dir, data_dirs, train_fn, workdir, i,
+                                      len(jobs))
+                if trained is None:
+                    failed_stables.add(job.name)
+            else:
+                trained = _run_point(config, job, run_dir, data_dirs, train_fn, evaluate_fn,
+                                     workdir, outcome, failed_stables, f"{i}/{len(jobs)}")
+        finally:
+            lock.release()
         if trained:
             timings.append((job.cost, time.monotonic() - run_start))
         done_flops += job.cost
-        eta = _eta_seconds(timings, [j.cost for j in jobs[i:]])
+        eta = _eta_seconds(timings, [j.cost for j, _ in queue])
         logging.info("Sweep progress: %d/%d runs, %.1f%% of FLOPs, %s elapsed%s", i, len(jobs),
                      100.0 * done_flops / total_flops if total_flops else 100.0,
                      _clock(time.monotonic() - start), f", ETA {_clock(eta)}" if eta else "")
     return outcome
+
+
+def _take(lock: rundir.Lock, wait: bool) -> bool:
+    """Process 0 takes the run's lock (waiting or not); every process learns whether it did."""
+    from ehr_jax import parallel
+
+    return parallel.agree(lock.acquire(wait=wait) if _is_writer() else True)
 
 
 def _run_stable(config, stable, run_dir, data_dirs, train_fn, workdir, i, total) -> bool | None:

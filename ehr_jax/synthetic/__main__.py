@@ -6,8 +6,9 @@
 
 import json
 
-from absl import app, flags
+from absl import flags
 
+from ehr_jax import cli
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.synthetic import generate
 
@@ -26,9 +27,9 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     f = flags.FLAGS
     if len(argv) > 1 and f.engine != "beam":
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (pipeline options need --engine=beam)")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (pipeline options need --engine=beam)")
     if not f.out:
-        raise app.UsageError("--out is required")
+        cli.fail("--out is required")
     try:
         if f.engine == "local":
             counts = generate(f.out, f.num_subjects, f.seed, f.subjects_per_shard, f.overwrite)
@@ -40,10 +41,10 @@ def main(argv: list[str]) -> None:
             counts = beam.generate_beam(f.out, f.num_subjects, f.seed, f.subjects_per_shard, f.overwrite,
                                         argv[1:] or beam.DEFAULT_ARGS)
     except (ConfigError, DataError) as e:
-        raise app.UsageError(str(e)) from None
+        cli.fail(e)
     print(json.dumps(counts, indent=2))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -122,6 +122,28 @@ class Checkpointer:
             model=ocp.args.StandardRestore(abstract_model)))
         return step, restored.model
 
+    def latest_meta(self) -> dict | None:
+        """The meta item of the newest checkpoint (small JSON), or None when there is none."""
+        step = self._latest_with_items()
+        if step is None:
+            return None
+        return dict(self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta or {})
+
+    def model_shape(self, *path: str) -> tuple[int, ...] | None:
+        """Shape of one array of the newest model item (e.g. "embed"), read from its metadata
+        without restoring; None when there is no checkpoint or no such array."""
+        step = self._latest_with_items()
+        if step is None:
+            return None
+        tree = ocp.StandardCheckpointer().metadata(
+            os.path.join(self.directory, str(step), "model")).item_metadata.tree
+        for key in (*path, "value"):
+            if not isinstance(tree, dict) or key not in tree:
+                return None
+            tree = tree[key]
+        return tuple(tree.shape)
+
     def _latest_with_items(self) -> int | None:
         """The newest step, refusing checkpoints from before the model/optimizer split."""
         step = self._manager.latest_step()

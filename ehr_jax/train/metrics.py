@@ -1,4 +1,5 @@
-"""Run metrics: TensorBoard events, metrics.jsonl, the progress line, throughput and MFU.
+"""Run metrics: TensorBoard events, metrics.jsonl, the progress line, throughput and MFU (with
+the device peaks it divides by: a table, or a matmul probe for kinds the table lacks).
 
 Throughput is timed only over training steps: compile steps and eval/checkpoint pauses are
 left out (big_vision's Chrono), so tokens/s and MFU describe the step itself.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -21,29 +23,30 @@ from absl import logging
 class Chrono:
     """Training-step clock that skips compile steps and pauses.
 
-    `mark(steps_done)` is called whenever a step is known to be finished (its metrics fetched);
-    the time between two marks counts towards throughput unless `pause()` came in between.
-    The first mark after construction or a pause only sets the reference, so the step that
-    compiles (or waits behind an eval) is never timed.
+    `mark(steps_done, tokens_done)` is called whenever a step is known to be finished (its
+    metrics fetched), with the real (non-pad) tokens trained on so far; the time and tokens
+    between two marks count towards throughput unless `pause()` came in between. The first mark
+    after construction or a pause only sets the reference, so the step that compiles (or waits
+    behind an eval) is never timed. Padding is not counted: tokens/s and MFU are real tokens'.
     """
 
-    def __init__(self, total_steps: int, tokens_per_step: int, flops_per_step: float,
-                 peak_flops_total: float | None):
+    def __init__(self, total_steps: int, flops_per_token: float, peak_flops_total: float | None):
         self.total_steps = total_steps
-        self.tokens_per_step = tokens_per_step
-        self.flops_per_step = flops_per_step
+        self.flops_per_token = flops_per_token
         self.peak_flops_total = peak_flops_total
         self.timed_steps = 0
+        self.timed_tokens = 0
         self.timed_s = 0.0
-        self._ref: tuple[float, int] | None = None
-        self._window = (0, 0.0)  # (timed_steps, timed_s) at the last `window_rates` call
+        self._ref: tuple[float, int, int] | None = None  # (time, steps_done, tokens_done)
+        self._window = (0, 0, 0.0)  # (timed_steps, timed_tokens, timed_s) at the last window
 
-    def mark(self, steps_done: int) -> None:
+    def mark(self, steps_done: int, tokens_done: int) -> None:
         now = time.perf_counter()
         if self._ref is not None and steps_done > self._ref[1]:
             self.timed_s += now - self._ref[0]
             self.timed_steps += steps_done - self._ref[1]
-        self._ref = (now, steps_done)
+            self.timed_tokens += tokens_done - self._ref[2]
+        self._ref = (now, steps_done, tokens_done)
 
     def pause(self) -> None:
         """The next interval holds non-training work (eval, checkpoint, compile): skip it."""
@@ -51,21 +54,21 @@ class Chrono:
 
     def rates(self) -> dict:
         """Cumulative tokens/s and MFU over all timed steps (0 before any)."""
-        return self._rates(self.timed_steps, self.timed_s)
+        return self._rates(self.timed_steps, self.timed_tokens, self.timed_s)
 
     def window_rates(self) -> dict:
         """tokens/s and MFU since the previous call (for TensorBoard points)."""
         steps = self.timed_steps - self._window[0]
-        seconds = self.timed_s - self._window[1]
-        self._window = (self.timed_steps, self.timed_s)
-        return self._rates(steps, seconds) if steps else self.rates()
+        tokens = self.timed_tokens - self._window[1]
+        seconds = self.timed_s - self._window[2]
+        self._window = (self.timed_steps, self.timed_tokens, self.timed_s)
+        return self._rates(steps, tokens, seconds) if steps else self.rates()
 
-    def _rates(self, steps: int, seconds: float) -> dict:
+    def _rates(self, steps: int, tokens: int, seconds: float) -> dict:
         if steps == 0 or seconds <= 0:
             return {"tokens_per_s": 0.0, "flops_per_s": 0.0, "mfu": 0.0}
-        flops_per_s = steps * self.flops_per_step / seconds
-        return {"tokens_per_s": steps * self.tokens_per_step / seconds,
-                "flops_per_s": flops_per_s,
+        flops_per_s = tokens * self.flops_per_token / seconds
+        return {"tokens_per_s": tokens / seconds, "flops_per_s": flops_per_s,
                 "mfu": mfu(flops_per_s, self.peak_flops_total)}
 
     def eta_s(self, steps_done: int) -> float | None:
@@ -86,6 +89,77 @@ def format_progress(step: int, total: int, loss: float, rates: Mapping[str, floa
     eta = "?" if eta_s is None else str(datetime.timedelta(seconds=int(eta_s)))
     return (f"step {step}/{total} ({100 * step / total:.1f}%) loss {loss:.4f} | "
             f"{rates['tokens_per_s']:,.0f} tok/s | MFU {100 * rates['mfu']:.1f}% | ETA {eta}")
+
+
+# Dense bf16 peak FLOP/s per chip, matched as a case-insensitive substring of jax's
+# device_kind (the longest match wins). Sources: NVIDIA datasheets (H100/H200/A100/B200 SXM,
+# L4, L40S, A10; dense, no sparsity); Google Cloud TPU docs (cloud.google.com/tpu/docs/v3, /v4,
+# /v5e, /v5p, /v6e, /tpu7x). A device kind missing here gets a measured matmul peak instead.
+DEVICE_PEAK_FLOPS: dict[str, float] = {
+    "TPU v3": 123e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,  # v5p reports itself as "TPU v5"
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "H100": 989e12,  # SXM
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,  # A10 datasheet; AWS's A10G is the same GA102 chip (its clocks may differ)
+    "TPU7x": 2307e12,  # Ironwood
+}
+
+
+def known_peak(device_kind: str) -> float | None:
+    """The table's peak for a device kind, or None when the kind is not in it."""
+    matches = [k for k in DEVICE_PEAK_FLOPS if k.lower() in device_kind.lower()]
+    return DEVICE_PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def measure_matmul_peak(device=None) -> float:
+    """FLOP/s of the best of a few large matmuls on `device` right now: the MFU denominator of a
+    device kind the table lacks (CPUs), and what benchmarks re-measure on a shared machine."""
+    import jax
+    import jax.numpy as jnp
+
+    device = device or jax.local_devices()[0]
+    dtype = jnp.float32 if device.platform == "cpu" else jnp.bfloat16
+    n = 1024 if device.platform == "cpu" else 8192
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+@functools.cache
+def _measured_peak(platform: str, device_kind: str, n_local: int) -> float:
+    """Measured once per process. On CPU the fake devices of one host share its cores, so the
+    host peak is split among them (peak x devices stays the host's peak)."""
+    peak = measure_matmul_peak()
+    return peak / n_local if platform == "cpu" else peak
+
+
+def peak_flops(device=None) -> float:
+    """Peak FLOP/s of one device: the table for known kinds, else a measured matmul peak."""
+    import jax
+
+    device = device or jax.devices()[0]
+    known = known_peak(device.device_kind)
+    if known is not None:
+        return known
+    return _measured_peak(device.platform, device.device_kind, jax.local_device_count())
 
 
 class MetricsWriter:

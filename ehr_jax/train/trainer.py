@@ -51,6 +51,7 @@ class Plan:
     n_params: int
     n_params_non_embedding: int
     vocab_size: int
+    scan_layers: bool  # the parameter layout, recorded in every checkpoint for evaluation
 
     @property
     def tokens_per_step(self) -> int:
@@ -65,15 +66,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
     is_writer = jax.process_index() == 0
     sizes.get_size(config.model.size)  # config mistakes surface before data is prepared
     mesh = parallel.make_mesh(tuple(config.mesh.shape))
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.train.global_batch_size % batch_shards:
-        raise ConfigError(f"train.global_batch_size={config.train.global_batch_size} must be a "
-                          f"multiple of the {batch_shards} batch shards (data x fsdp) of "
-                          f"mesh.shape={tuple(config.mesh.shape)}")
+    batch_shards = parallel.check_batch_size(config.train.global_batch_size,
+                                             tuple(mesh.shape.values()))
+    parallel.check_batch_layout(mesh, config.train.global_batch_size)
 
     # Data: every process reads its rows of each batch.
     manifest = shards.read_manifest(prepared_dir)
-    model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len)
+    model_cfg = transformer.model_config(config.model, manifest["vocab_size"], config.data.seq_len,
+                                         packed=config.data.pack)
     plan = make_plan(config, model_cfg)
     memory.check_config(config.train)
     if config.train.grad_accum_steps:
@@ -81,7 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
                                   batch_shards, tuple(config.mesh.shape))
     loader = data_loader.train_loader(
         prepared_dir, seq_len=plan.seq_len, global_batch_size=plan.global_batch_size,
-        seed=config.seed, num_workers=config.data.num_workers)
+        seed=config.seed, num_workers=config.data.num_workers, pack=config.data.pack)
 
     # Programs compiled once per model shape (the schedule's numbers are inputs of the train
     # step, not part of it); the memory pre-flight compiles the step ahead of time and picks
@@ -136,9 +136,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
                  plan.peak_lr, model_cfg.attention, model_cfg.dtype, start_step)
 
     # Loop.
-    peak_total = sizes.peak_flops(jax.devices()[0]) * jax.device_count()
-    chrono = metrics.Chrono(plan.steps, plan.tokens_per_step,
-                            plan.tokens_per_step * plan.flops_per_token, peak_total)
+    peak_total = metrics.peak_flops(jax.devices()[0]) * jax.device_count()
+    chrono = metrics.Chrono(plan.steps, plan.flops_per_token, peak_total)
     writer = metrics.MetricsWriter(workdir, enabled=is_writer, resume_step=start_step)
     profiler = StepProfiler(workdir, config.train.profile_steps, enabled=is_writer)
     loop = TrainLoop(plan, config.train, train_step, eval_step, loader, val_batches,
@@ -159,8 +158,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str) -> d
 
     wall_s = meta.get("wall_s", 0.0) + time.perf_counter() - wall_start
     summary = build_summary(config, workdir, plan, schedule, model_cfg, manifest, loop, val,
-                            type_names, wall_s, fit, num_windows=data_loader.num_windows(
-                                prepared_dir, "train", plan.seq_len))
+                            type_names, wall_s, fit, epoch_tokens=data_loader.epoch_stats(
+                                prepared_dir, "train", plan.seq_len)["tokens"])
     if is_writer:  # summary.json last: a run dir holding it is done for the sweep
         rundir.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary
@@ -186,7 +185,8 @@ def make_plan(config: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
     return Plan(steps=steps, global_batch_size=batch, seq_len=model_cfg.seq_len,
                 peak_lr=optim.peak_learning_rate(config.train, size.d_model),
                 flops_per_token=flops_per_token, n_params=total,
-                n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size)
+                n_params_non_embedding=non_embedding, vocab_size=model_cfg.vocab_size,
+                scan_layers=model_cfg.scan_layers)
 
 
 @dataclasses.dataclass
@@ -227,12 +227,14 @@ def compiled_programs(model_cfg: transformer.ModelConfig, mesh: jax.sharding.Mes
     batch_sharding = parallel.batch_sharding(mesh)
     replicated = parallel.replicated(mesh)
     shape = (global_batch_size, model_cfg.seq_len)
+    keys = (("tokens", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))
+    if model_cfg.packed:  # the loader's packed rows (data.pack)
+        keys += (("segment_ids", jnp.int32), ("positions", jnp.int32))
     abstract_batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-                      for key, dtype in (("tokens", jnp.int32), ("targets", jnp.int32),
-                                         ("mask", jnp.float32))}
+                      for key, dtype in keys}
     abstract_inputs = {key: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
                        for key in optim.Schedule(static["schedule"], 1.0, 2, 0, 0, 0.0).inputs()}
-    what = (f"{model_cfg.size_name} (batch {global_batch_size} x {model_cfg.seq_len}, "
+    what = (f"{model_cfg.size.name} (batch {global_batch_size} x {model_cfg.seq_len}, "
             f"{model_cfg.dtype}, {static['schedule']} schedule, {mesh.size} devices)")
     return Programs(
         graphdef, state_sharding, batch_sharding, replicated,
@@ -258,7 +260,7 @@ def fit_memory(train: ml_collections.ConfigDict, model_cfg: transformer.ModelCon
     fit = memory.choose(train, remat=model_cfg.remat, rows_per_shard=rows,
                         limit_bytes=memory.device_memory_bytes(train, jax.local_devices()[0]),
                         compile_step=compile_step,
-                        what=f"{model_cfg.size_name} at {rows} rows x {model_cfg.seq_len} "
+                        what=f"{model_cfg.size.name} at {rows} rows x {model_cfg.seq_len} "
                              f"tokens per batch shard")
     logging.info("memory: %s%s", fit.setting.describe(), "" if fit.need_bytes is None else
                  f", {fit.need_bytes / memory.GIB:.2f} GiB per device of "
@@ -313,7 +315,9 @@ def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: st
         denominator = jnp.maximum(n_targets, 1.0)
 
         def loss_fn(params, micro):
-            logits_BxLxV = nnx.merge(graphdef[0], params)(micro["tokens"])
+            # Packed rows (data.pack) carry segment ids and per-segment positions.
+            logits_BxLxV = nnx.merge(graphdef[0], params)(
+                micro["tokens"], micro.get("segment_ids"), micro.get("positions"))
             losses_BxL = masked_token_losses(logits_BxLxV, micro["targets"], micro["mask"])
             return losses_BxL.sum() / denominator
 
@@ -334,7 +338,8 @@ def train_step_fn(graphdef: tuple[nnx.GraphDef, nnx.GraphDef], schedule_kind: st
                                  cooldown_shape)
         optimizer.update(model, grads, learning_rate=lr)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr,
-                        "target_tokens": n_targets}
+                        "target_tokens": n_targets,
+                        "real_tokens": jnp.sum(batch["tokens"] != 0)}  # [PAD] is token 0
         return (nnx.state(model), nnx.state(optimizer)), step_metrics
 
     return train_step
@@ -418,11 +423,14 @@ class TrainLoop:
         window = max(1, min(int(train_cfg.log_every), plan.steps))
         self.recent_losses = collections.deque(meta.get("recent_losses", []), maxlen=window)
         self.target_tokens = int(meta.get("target_tokens", 0))
+        self.real_tokens = meta.get("real_tokens")  # non-pad input tokens trained on so far
         self.prior_wall_s = float(meta.get("wall_s", 0.0))
         self.session_start = time.perf_counter()
         self.val_loss = meta.get("val_loss")
 
     def run(self, state: Any, start_step: int) -> Any:
+        if self.real_tokens is None:  # fresh, or a checkpoint that counted padding as tokens
+            self.real_tokens = start_step * self.plan.tokens_per_step
         try:
             return self._run(state, start_step)
         finally:
@@ -459,12 +467,19 @@ class TrainLoop:
         values = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
         if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
             self.checkpointer.wait()
+            latest = self.checkpointer.latest_step()
+            kept = (f"the last good checkpoint (step {latest}) is kept, but resuming it with "
+                    f"the same settings would diverge again" if latest is not None else
+                    f"no checkpoint was saved yet (the first is due at step "
+                    f"{min(self.cfg.checkpoint_every, self.plan.steps)}), so nothing is lost")
             raise NonFiniteLossError(
                 f"training loss {values['loss']} / gradient norm {values['grad_norm']} at step "
-                f"{step} is not finite; the last good checkpoint (step "
-                f"{self.checkpointer.latest_step()}) is kept. Lower train.lr or raise "
-                f"train.warmup_frac and rerun with a fresh --workdir.")
-        self.chrono.mark(step)
+                f"{step} is not finite; {kept}. Lower train.lr (peak {self.plan.peak_lr:.3g}) or "
+                f"raise train.warmup_frac, and rerun"
+                + (" in a new --workdir." if latest is not None else
+                   " (the same --workdir accepts new settings while it holds no checkpoint)."))
+        self.real_tokens += int(values["real_tokens"])
+        self.chrono.mark(step, self.real_tokens)
         self.recent_losses.append(values["loss"])
         self.target_tokens += int(values["target_tokens"])
         if step % self.cfg.log_every == 0 or step == self.plan.steps:
@@ -472,8 +487,8 @@ class TrainLoop:
             self.writer.write(step, {
                 "loss": values["loss"], "lr": values["lr"], "grad_norm": values["grad_norm"],
                 "tokens_per_s": rates["tokens_per_s"], "mfu": rates["mfu"],
-                "tokens_seen": step * self.plan.tokens_per_step,
-                "flops_seen": step * self.plan.tokens_per_step * self.plan.flops_per_token})
+                "tokens_seen": self.real_tokens,
+                "flops_seen": self.real_tokens * self.plan.flops_per_token})
             logging.info(metrics.format_progress(step, self.plan.steps, values["loss"],
                                                  self.chrono.rates(), self.chrono.eta_s(step)))
 
@@ -487,20 +502,23 @@ class TrainLoop:
         wall_s = self.prior_wall_s + time.perf_counter() - self.session_start
         self.checkpointer.save(step, state, self.loader.get_state(), {
             "recent_losses": list(self.recent_losses), "target_tokens": self.target_tokens,
-            "wall_s": wall_s, "val_loss": self.val_loss})
+            "real_tokens": self.real_tokens, "wall_s": wall_s, "val_loss": self.val_loss,
+            "scan_layers": self.plan.scan_layers})
 
 
 def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
                   schedule: optim.Schedule, model_cfg: transformer.ModelConfig, manifest: dict,
                   loop: TrainLoop, val: metrics.ValLosses, type_names: np.ndarray, wall_s: float,
-                  fit: memory.Fit, num_windows: int) -> dict:
+                  fit: memory.Fit, epoch_tokens: int) -> dict:
     """summary.json: the fields ARCHITECTURE.md lists, nothing that identifies a patient.
 
     A cooldown branch's wall_s includes its source run's time up to the branch point (what an
-    independent run would have taken); branched_from_step says where it started.
+    independent run would have taken); branched_from_step says where it started. Tokens,
+    FLOPs, tokens/s, MFU and epochs count real tokens (padding excluded); the positions computed,
+    padding included, are padded_tokens_seen (steps x batch x seq_len).
     """
     branch_from = config.train.branch_from
-    tokens = plan.steps * plan.tokens_per_step
+    tokens = loop.real_tokens
     rates = loop.chrono.rates()
     provenance = manifest.get("provenance", {})
     devices = jax.devices()
@@ -508,11 +526,14 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "run_name": os.path.basename(workdir),
         "n_params": plan.n_params,
         "n_params_non_embedding": plan.n_params_non_embedding,
-        "n_layers": model_cfg.n_layers,
-        "d_model": model_cfg.d_model,
-        "model_size": model_cfg.size_name,
+        "n_layers": model_cfg.size.n_layers,
+        "d_model": model_cfg.size.d_model,
+        "model_size": model_cfg.size.name,
+        "vocab_size": model_cfg.vocab_size,
+        "vocab_rows": model_cfg.vocab_rows,  # embedding rows with model.vocab_multiple padding
         "attention": model_cfg.attention,  # the implementation config.model.attention resolved to
-        "tokens_seen": tokens,
+        "tokens_seen": tokens,  # real (non-pad) input tokens: the D of the scaling fits
+        "padded_tokens_seen": plan.steps * plan.tokens_per_step,
         "target_tokens_seen": loop.target_tokens,
         "flops": tokens * plan.flops_per_token,
         "flops_per_token": plan.flops_per_token,
@@ -522,7 +543,7 @@ def build_summary(config: ml_collections.ConfigDict, workdir: str, plan: Plan,
         "final_train_loss": float(np.mean(loop.recent_losses)) if loop.recent_losses else None,
         "val_loss": val.mean,
         "loss_by_token_type": metrics.loss_by_token_type(val, type_names),
-        "epochs_over_data": plan.steps * plan.global_batch_size / max(num_windows, 1),
+        "epochs_over_data": tokens / max(epoch_tokens, 1),
         "unique_tokens": manifest["splits"]["train"]["num_tokens"],
         "seed": int(config.seed),
         "steps": plan.steps,
