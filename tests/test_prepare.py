@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ehr_jax.data import prepare as prep  # noqa: E402
 from ehr_jax.data import day_tokens, shards, tokenize  # noqa: E402
+from ehr_jax.data import prepare as prep  # noqa: E402
 from ehr_jax.errors import ConfigError, DataError  # noqa: E402
 
 from meds_fixtures import BASE, frame, patient, small_dataset, write_meds  # noqa: E402
