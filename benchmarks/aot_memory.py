@@ -40,6 +40,8 @@ _REMAT = flags.DEFINE_bool("remat", False, "Rematerialise each block.")
 _ATTENTION = flags.DEFINE_string("attention", "auto", "config.model.attention. auto resolves for "
                                  "THIS host's backend; chunked (pure-JAX flash, no [L, L] scores "
                                  "kept) stands in for cuDNN / splash when compiling for others.")
+_SCAN = flags.DEFINE_enum("scan_layers", "on", ["on", "off"], "config.model.scan_layers: on is "
+                           "what auto picks on GPU/TPU (one compiled block, not one per layer).")
 _ACCUM = flags.DEFINE_integer("accum", 1, "Gradient-accumulation steps (micro-batches per step).")
 _CHOOSE = flags.DEFINE_bool("choose", False, "Run the trainer's memory pre-flight instead (from "
                             "--remat, accumulation auto) against --device_gib; print every try.")
@@ -94,7 +96,7 @@ def measure(size_name: str, mesh) -> dict:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
     config.model.size, config.model.dtype, config.model.remat = size_name, _DTYPE.value, _REMAT.value
-    config.model.attention = _ATTENTION.value
+    config.model.attention, config.model.scan_layers = _ATTENTION.value, _SCAN.value
     config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
@@ -158,7 +160,7 @@ def choose(size_name: str, mesh) -> None:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
     config.model.size, config.model.dtype, config.model.remat = size_name, _DTYPE.value, _REMAT.value
-    config.model.attention = _ATTENTION.value
+    config.model.attention, config.model.scan_layers = _ATTENTION.value, _SCAN.value
     config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
     config.train.device_memory_gib = _DEVICE_GIB.value
     model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
@@ -193,7 +195,8 @@ def main(argv) -> None:
     mesh = _mesh(devices)
     print(f"{machine.describe()}; jax {jax.__version__}; compiling for {kind}, mesh "
           f"{dict(mesh.shape)}; batch {_BATCH.value} x seq {_SEQ_LEN.value}, vocab {_VOCAB.value},"
-          f" {_DTYPE.value}, {_ATTENTION.value} attention, remat {_REMAT.value}, accumulation "
+          f" {_DTYPE.value}, {_ATTENTION.value} attention, scan_layers {_SCAN.value}, remat {_REMAT.value}, "
+          f"accumulation "
           f"{'auto' if _CHOOSE.value else _ACCUM.value}", flush=True)
     if _CHOOSE.value:
         from absl import logging

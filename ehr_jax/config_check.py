@@ -86,6 +86,7 @@ RULES: dict[str, Rule] = {
     "grid.min_steps": _at_least(0),
     "grid.min_sizes": _at_least(0),
     "grid.max_epochs": _at_least(0),
+    "grid.analysis_n": ((lambda v: v in ("non_embedding", "total")), "'non_embedding' or 'total'"),
 }
 
 

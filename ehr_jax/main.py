@@ -121,13 +121,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str
         return outcome
     if config.grid.analysis and not config.grid.only and jax.process_index() == 0:
         with rundir.Lock(workdir, rundir.ANALYSIS_LOCK, f"the analysis of {workdir}"):
-            write_analysis(workdir, outcome)
+            write_analysis(workdir, outcome, n=config.grid.analysis_n)
     sweep.raise_if_failed(outcome, workdir)
     return outcome
 
 
-def write_analysis(workdir: str, outcome: dict) -> None:
-    """Fits and plots into <workdir>/analysis; a failure is recorded like a failed run."""
+def write_analysis(workdir: str, outcome: dict, n: str = "non_embedding") -> None:
+    """Fits (with model size `n`: config.grid.analysis_n) and plots into <workdir>/analysis; a
+    failure is recorded like a failed run."""
     from ehr_jax.sweep import registry
 
     results = Path(workdir) / rundir.RESULTS
@@ -138,7 +139,7 @@ def write_analysis(workdir: str, outcome: dict) -> None:
     try:
         from analysis import report
 
-        report.main_report(str(results), str(out_dir))
+        report.main_report(str(results), str(out_dir), n=n)
         logging.info("Sweep: analysis written to %s", out_dir)
     except Exception as e:  # noqa: BLE001 - the runs are done; say why the report is not
         logging.exception("Sweep: the analysis report failed")

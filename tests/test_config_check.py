@@ -81,6 +81,7 @@ GRID_MISTAKES = [
     ("grid.only", "c9e9-d16-l1", "config.grid.only names c9e9-d16-l1"),
     ("grid.sizes_per_budget", 0, "config.grid.sizes_per_budget=0; expected >= 1"),
     ("grid.max_epochs", -1.0, "config.grid.max_epochs=-1.0; expected >= 0"),
+    ("grid.analysis_n", "embedding", "config.grid.analysis_n='embedding'; expected 'non_embedding'"),
 ]
 
 

@@ -55,7 +55,7 @@ def test_auto_picks_remat_then_the_fewest_accumulation_steps_that_fit():
 
 def test_check_names_the_setting_that_would_fit():
     with pytest.raises(ConfigError, match=r"d2048-l20 at 8 rows needs 32.0 GiB per device of 9.5 "
-                                          r"usable; with remat, 2 accumulation steps it needs 8.0 "
+                                          r"GiB usable; with remat, 2 accumulation steps it needs 8.0 "
                                           r"GiB: set --config.model.remat=True "
                                           r"--config.train.grad_accum_steps=2"):
         _choose(_needs, mode="check")
@@ -70,6 +70,31 @@ def test_explicit_accumulation_is_kept_and_nothing_fitting_is_an_error():
         _choose(lambda s: _needs(s) + 2, accum=2)
     with pytest.raises(ConfigError, match="fsdp"):  # 1 row per shard: nothing left to split
         _choose(_needs, rows=1)
+
+
+def test_a_program_the_compiler_refuses_counts_as_not_fitting():
+    """XLA's TPU compiler fails with RESOURCE_EXHAUSTED rather than return a program over the
+    chip's HBM (seen compiling d2048-l20 for v5e 8x8 through libtpu): the pre-flight reads the
+    size from the message and tries the next setting; any other compile error propagates."""
+    def compile_step(setting):
+        if not setting.remat:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+                               "for HLO temporaries (50.34G) exceeds available HBM (15.75G).")
+        return _compiled(8.0)
+
+    train = train_fixtures.base_config().train
+    fit = memory.choose(train, remat=False, rows_per_shard=8, compile_step=compile_step,
+                        limit_bytes=int(10 * GIB), what="d2048-l20 at 8 rows")
+    assert fit.setting == memory.Setting(True, 1) and fit.compiled.gib == 8.0
+    assert [t["step_gib_per_device"] for t in fit.summary()["tried"]] == [50.34, 8.0]
+    assert memory.refused_bytes("RESOURCE_EXHAUSTED: out of memory") >= 2**62
+
+    def broken(setting):
+        raise RuntimeError("INTERNAL: something else")
+
+    with pytest.raises(RuntimeError, match="INTERNAL"):
+        memory.choose(train, remat=False, rows_per_shard=8, compile_step=broken,
+                      limit_bytes=int(10 * GIB), what="d2048-l20 at 8 rows")
 
 
 def test_no_limit_or_off_compiles_nothing():

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ehr_jax.data import day_tokens, shards, tokenize  # noqa: E402
 from ehr_jax.data import prepare as prep  # noqa: E402
-from ehr_jax.data import shards, tokenize  # noqa: E402
 from ehr_jax.errors import ConfigError, DataError  # noqa: E402
 
 from meds_fixtures import BASE, frame, patient, small_dataset, write_meds  # noqa: E402
@@ -235,4 +235,4 @@ def test_tokens_per_day_in_the_manifest_and_measured_for_old_manifests(tmp_path)
     assert manifest["tokens_per_day"] == pytest.approx((3 * 3 + 2 * 2 + 1) / 6)
     del manifest["tokens_per_day"]
     (out / shards.MANIFEST).write_text(json.dumps(manifest))
-    assert prep.tokens_per_day(out) == pytest.approx((3 * 3 + 2 * 2 + 1) / 6)
+    assert day_tokens.tokens_per_day(out) == pytest.approx((3 * 3 + 2 * 2 + 1) / 6)

@@ -234,11 +234,12 @@ def test_analysis_runs_at_the_end_and_its_failure_is_reported(tmp_path, monkeypa
     seen = []
     config = _config(budgets=(1e11,), analysis=True)
     outcome = _run(config, tmp_path, FakeTrainer())
-    monkeypatch.setattr(report, "main_report", lambda results, out: seen.append((results, out)))
-    main.write_analysis(str(tmp_path), outcome)
-    assert seen == [(str(tmp_path / "results.jsonl"), str(tmp_path / "analysis"))]
+    monkeypatch.setattr(report, "main_report",
+                        lambda results, out, n: seen.append((results, out, n)))
+    main.write_analysis(str(tmp_path), outcome, n="total")
+    assert seen == [(str(tmp_path / "results.jsonl"), str(tmp_path / "analysis"), "total")]
 
-    def broken(results, out):
+    def broken(results, out, n):
         raise ValueError("too few budgets")
 
     monkeypatch.setattr(report, "main_report", broken)
@@ -506,5 +507,5 @@ def test_dry_run_prints_sizes_per_budget_and_wsd_savings(tmp_path, capsys):
     _run(config, tmp_path, FakeTrainer(), command_line=("configs/quickstart.py", {}))
     out = capsys.readouterr().out
     assert "C=1e+11: 2 sizes kept: [d32-l1] d48-l2; expected optimum d32-l1 has 0 kept sizes" in out
-    assert "wsd cooldown branches from 2 stable runs" in out and "H100-hours" in out
+    assert "wsd cooldown branches from 2 stable runs" in out and "H100-seconds" in out
     assert "40% MFU" in out

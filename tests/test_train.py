@@ -167,17 +167,26 @@ def test_packed_run_trains_on_packed_rows(prepared_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoint(prepared_dir, tmp_path):
+@pytest.mark.parametrize("checkpoint_every", [1, 100])
+def test_non_finite_loss_stops_naming_the_step_and_what_was_kept(prepared_dir, tmp_path, checkpoint_every):
+    """Every step checkpointed: the last good checkpoint is kept and the error says so. None yet
+    (due at step 100): the error says nothing was saved and that the workdir takes new settings."""
     config = train_fixtures.tiny_config(prepared_dir, steps=12)
     config.train.lr = 1e30  # the first update blows the weights up
     config.train.warmup_frac = 0.0
-    config.train.checkpoint_every = 1
+    config.train.checkpoint_every = checkpoint_every
     with pytest.raises(EhrJaxError, match=r"at step (\d+) is not finite") as error:
         trainer.run(config, str(tmp_path), config.data.prepared_dir)
-    bad_step = int(error.value.args[0].split("at step ")[1].split()[0])
+    message = str(error.value)
+    assert "Lower train.lr" in message and "step None" not in message
+    assert not (tmp_path / "summary.json").exists()
+    if checkpoint_every == 100:
+        assert "no checkpoint was saved yet" in message and "same --workdir accepts new settings" in message
+        return
+    bad_step = int(message.split("at step ")[1].split()[0])
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert saved and max(saved) < bad_step
-    assert not (tmp_path / "summary.json").exists()
+    assert f"the last good checkpoint (step {max(saved)}) is kept" in message
 
 
 def test_chrono_times_only_training_steps(monkeypatch):

@@ -28,7 +28,7 @@ import polars as pl
 from absl import flags, logging
 
 from ehr_jax import cli, rundir
-from ehr_jax.data import barrier, meds, shards, tokenize, vocab
+from ehr_jax.data import barrier, day_tokens, meds, shards, tokenize, vocab
 from ehr_jax.errors import ConfigError, DataError, EhrJaxError
 
 MAX_TEXT_VALUES = 8  # default of config.data.max_text_values (configs/base.py)
@@ -82,7 +82,7 @@ def manifest_of(tok: tokenize.Tokenizer, settings: dict, hashes: dict, ds: meds.
     """The manifest both engines write (`ds` gives the input's root, layout and provenance)."""
     train = splits["train"]
     return {"vocab_size": len(tok.tokens), "settings": settings, **hashes,
-            "tokens_per_day": train["day_tokens_sq"] / train["day_tokens"] if train["day_tokens"] else 0.0,
+            "tokens_per_day": day_tokens.ratio(train),
             "tokenizer_hash": tok.hash(), "tokenizer_version": tokenize.TOKENIZER_VERSION,
             "meds_dir": str(ds.root), "layout": ds.layout, "provenance": meds.provenance(ds),
             "ignored_files": len(ds.ignored_files), "splits": splits}
@@ -176,43 +176,8 @@ def encoded_records(tok: tokenize.Tokenizer, frames: Iterable[pl.DataFrame], sta
         stats["num_unk_tokens"] += int((encoded.tokens == tok.token_id[tokenize.UNK]).sum())
         dropped["rows_of_subjects_without_timed_events"] += encoded.dropped_rows
         for record in encoded.records():
-            add_day_counts(stats, record)
+            day_tokens.add_day_counts(stats, record)
             yield record
-
-
-def add_day_counts(stats: dict, record: shards.PatientRecord) -> None:
-    """Adds sum(n) and sum(n^2) over the record's (subject, UTC day) token counts n.
-
-    Their ratio is the train split's tokens per busy day (manifest "tokens_per_day"): the
-    token-weighted mean count of tokens on the same subject-day as a token. A mean over a
-    timeline's calendar span (months between admissions) or over days with data (many quiet
-    outpatient days) would fall far below the density inside a hospital stay, where rollouts
-    spend their tokens. Evaluation turns it into rollout token budgets
-    (ehr_jax.evaluation.zero_shot.token_caps).
-    """
-    days = np.asarray(record.times[record.n_prefix:]) // 86_400
-    if days.size:
-        _, counts = np.unique(days, return_counts=True)
-        stats["day_tokens"] += int(counts.sum())
-        stats["day_tokens_sq"] += int((counts.astype(np.int64) ** 2).sum())
-
-
-def tokens_per_day(prepared_dir: str | os.PathLike, max_records: int = 20_000) -> float:
-    """The train split's tokens per busy day (add_day_counts): from the manifest, or (prepared
-    dirs made before it was recorded) measured on up to max_records train records."""
-    manifest = shards.read_manifest(prepared_dir)
-    if manifest.get("tokens_per_day"):
-        return float(manifest["tokens_per_day"])
-    stats, n_records = new_split_stats(), 0
-    for record in shards.iter_records(prepared_dir, "train"):
-        if n_records == max_records:
-            break
-        add_day_counts(stats, record)
-        n_records += 1
-    value = stats["day_tokens_sq"] / stats["day_tokens"] if stats["day_tokens"] else 0.0
-    logging.info("%s: no tokens_per_day in the manifest (prepared before it was recorded); "
-                 "measured %.1f on %d train records", prepared_dir, value, n_records)
-    return value
 
 
 def split_summary(split: str, stats: dict, dropped: collections.Counter, shard_entries: list[dict]) -> dict:

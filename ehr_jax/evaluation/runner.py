@@ -33,7 +33,7 @@ from flax import nnx
 from meds import LabelSchema
 
 from ehr_jax import parallel, rundir
-from ehr_jax.data import meds, prepare, shards, tokenize
+from ehr_jax.data import day_tokens, meds, shards, tokenize
 from ehr_jax.errors import ConfigError, DataError
 from ehr_jax.evaluation import metrics, probe, tasks, trajectories, zero_shot
 from ehr_jax.model import init as model_init
@@ -120,7 +120,7 @@ def evaluate(run_dir: str, config: ml_collections.ConfigDict, prepared_dir: str)
     dataset = open_meds(manifest, prepared_dir)
     labels = collect_labels(settings, dataset, prepared_dir, splits)
     records = {split: _records_of(prepared_dir, split, labels) for split in splits}
-    budget = RolloutBudget(prepare.tokens_per_day(prepared_dir),
+    budget = RolloutBudget(day_tokens.tokens_per_day(prepared_dir),
                            tasks.long_stay_days(cached_stays(dataset, prepared_dir, "train")))
     logging.info("evaluation %s: rollout budgets from %.0f tokens per day and a %.1f-day long stay "
                  "(at most %d tokens)", settings.name, budget.tokens_per_day, budget.stay_days,

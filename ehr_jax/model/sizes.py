@@ -46,9 +46,11 @@ def _rung(d_model: int, n_layers: int, head_dim: int) -> ModelSize:
 
 
 # (d_model, n_layers, head_dim): depth and width grow together; head_dim 64 from d=192 up.
-# Tiny rungs (4k-1M non-embedding parameters, at most ~2x apart) serve the CPU quickstart.
+# Tiny rungs (1k-1M non-embedding parameters, at most ~2x apart) serve the CPU quickstart.
 _RUNGS = (
-    (16, 1, 16), (24, 1, 8),  # below 10k non-embedding: the CPU quickstart's smallest budgets
+    # Below 10k non-embedding: the CPU quickstart's smallest budgets, whose optimum (in total N,
+    # embedding and head included) lies near d16-d24 and needs sizes on both sides.
+    (8, 1, 8), (12, 1, 12), (16, 1, 16), (24, 1, 8),
     (32, 1, 16), (32, 2, 16), (48, 2, 16), (64, 2, 16), (80, 2, 16), (96, 3, 32), (128, 3, 32),
     (128, 4, 32), (160, 4, 32), (192, 4, 64), (256, 4, 64), (256, 6, 64), (320, 6, 64),
     (384, 8, 64), (512, 8, 64), (640, 10, 64), (768, 12, 64), (1024, 14, 64), (1280, 16, 64),

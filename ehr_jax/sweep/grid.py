@@ -76,6 +76,7 @@ def default_grid() -> ml_collections.ConfigDict:
     grid.only = ""  # comma-separated run names to train ("" all): one run per launcher job
     grid.dry_run = False  # print one `ehr_jax.main` command per run instead of training
     grid.analysis = True  # fit the scaling laws and plot into <workdir>/analysis at the end
+    grid.analysis_n = "non_embedding"  # model size N the fits use: non_embedding or total (analysis.results.N_KEYS)
     grid.compilation_cache = True  # reuse XLA compiles across runs and reruns (<workdir>/jax_cache)
     return grid
 
@@ -169,7 +170,7 @@ def expand(config: ml_collections.ConfigDict, *, vocab_size: int,
             chosen = [point(budget, name) for name in names]
             reason = placement.explicit_reason(chosen, grid)
         else:
-            chosen, _, reason = placement.auto_window(budget, ladder, grid, law)
+            chosen, reason = placement.auto_window(budget, ladder, grid, law)
         for run in chosen:
             if reason:
                 run = dataclasses.replace(run, skip_reason="; ".join(

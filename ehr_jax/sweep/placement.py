@@ -84,9 +84,9 @@ def expected_index(budget: float, rungs: Sequence[Any], grid: ml_collections.Con
 
 
 def auto_window(budget: float, ladder: list[Any], grid: ml_collections.ConfigDict,
-                law: Law | None) -> tuple[list[Any], int, str]:
-    """(chosen rungs, index of the expected optimum among them, reason to leave the budget out
-    or "") from the whole ladder's GridRuns of one budget, sorted by size."""
+                law: Law | None) -> tuple[list[Any], str]:
+    """(chosen rungs, reason to leave the budget out or "") from the whole ladder's GridRuns of
+    one budget, sorted by size."""
     k = int(grid.sizes_per_budget)
     if k < 1:
         raise ConfigError(f"config.grid.sizes_per_budget must be >= 1; got {k}")
@@ -95,7 +95,7 @@ def auto_window(budget: float, ladder: list[Any], grid: ml_collections.ConfigDic
     start = min(max(centre - k // 2, 0), max(len(ladder) - k, 0))
     window = ladder[start:start + k]
     if ladder[centre].skip_reason:
-        return window, centre - start, (
+        return window, (
             f"its expected optimum {ladder[centre].size} ({how}) is left out: "
             f"{ladder[centre].skip_reason}")
     lo = centre
@@ -106,12 +106,11 @@ def auto_window(budget: float, ladder: list[Any], grid: ml_collections.ConfigDic
         hi += 1
     start = min(max(centre - k // 2, lo), hi - k + 1)
     if start < lo or centre - start < side or start + k - 1 - centre < side:
-        kept = ladder[lo:hi + 1]
-        return kept, centre - lo, (
+        return ladder[lo:hi + 1], (
             f"only {centre - lo} kept sizes below and {hi - centre} above its expected optimum "
             f"{ladder[centre].size} ({how}); it needs {k} in all with {side} on each side. "
             f"Filters (min_steps, max_epochs) leave out the rest")
-    return ladder[start:start + k], centre - start, ""
+    return ladder[start:start + k], ""
 
 
 def explicit_reason(points: list[Any], grid: ml_collections.ConfigDict) -> str:
@@ -146,18 +145,17 @@ def describe(points: list[Any], stables: list[Any]) -> list[str]:
         lines.append(f"  C={budget:.3g}: {len(kept)} sizes kept: {names}{note}")
     kept = [p for p in points if not p.skip_reason]
     independent = sum(p.budget for p in kept)
+    unit = 3600 if independent >= 360 * H100_PEAK_FLOPS * ASSUMED_MFU else 1
+    h100 = lambda flops: (f"{flops / (H100_PEAK_FLOPS * ASSUMED_MFU) / unit:.3g} "  # noqa: E731
+                          f"H100-{'hours' if unit > 1 else 'seconds'}")
     lines.append(f"  {len(kept)} runs, {independent:.3g} training FLOPs as independent runs "
-                 f"({_h100_hours(independent):.3g} H100-hours)")
+                 f"({h100(independent)})")
     if stables:
         branched = sum(s.cost for s in stables) + sum(p.cost for p in kept)
         lines.append(
             f"  wsd cooldown branches from {len(stables)} stable runs: {branched:.3g} FLOPs "
-            f"({_h100_hours(branched):.3g} H100-hours), saving {independent - branched:.3g} "
-            f"FLOPs = {_h100_hours(independent - branched):.3g} H100-hours "
+            f"({h100(branched)}), saving {independent - branched:.3g} "
+            f"FLOPs = {h100(independent - branched)} "
             f"({100 * (1 - branched / independent):.0f}%; H100 bf16 dense peak "
             f"{H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s at an assumed {100 * ASSUMED_MFU:.0f}% MFU)")
     return lines
-
-
-def _h100_hours(flops: float) -> float:
-    return flops / (H100_PEAK_FLOPS * ASSUMED_MFU) / 3600

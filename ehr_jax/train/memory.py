@@ -17,6 +17,7 @@ per micro-batch and shrinks every matmul.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Any, Callable
 
@@ -145,13 +146,12 @@ def choose(train: ml_collections.ConfigDict, *, remat: bool, rows_per_shard: int
     fit = Fit(configured, train.memory_fit, limit_bytes)
     for setting in candidates(remat, int(train.grad_accum_steps), rows_per_shard):
         start = time.perf_counter()
-        compiled = compile_step(setting)
-        need = step_bytes(compiled)
+        compiled, need = _compile_or_refusal(compile_step, setting)
         fit.tried.append((setting, need, time.perf_counter() - start))
-        logging.info("memory pre-flight: %s with %s needs %.2f GiB per device of %.2f usable "
-                     "(compiled in %.1f s)", what, setting.describe(), need / GIB, usable / GIB,
-                     fit.tried[-1][2])
-        if need <= usable:
+        logging.info("memory pre-flight: %s with %s needs %s per device of %.2f GiB usable "
+                     "(compiled in %.1f s%s)", what, setting.describe(), _gib(need), usable / GIB,
+                     fit.tried[-1][2], "" if compiled is not None else "; the compiler refused it")
+        if compiled is not None and need <= usable:
             fit.setting, fit.need_bytes, fit.compiled = setting, need, compiled
             break
         del compiled
@@ -159,7 +159,7 @@ def choose(train: ml_collections.ConfigDict, *, remat: bool, rows_per_shard: int
         raise ConfigError(_nothing_fits(what, fit.tried, usable))
     if fit.setting != configured:
         first_need = fit.tried[0][1]
-        message = (f"{what} needs {first_need / GIB:.1f} GiB per device of {usable / GIB:.1f} "
+        message = (f"{what} needs {_gib(first_need)} per device of {usable / GIB:.1f} GiB "
                    f"usable; with {fit.setting.describe()} it needs {fit.need_bytes / GIB:.1f} "
                    f"GiB")
         if train.memory_fit == "check":
@@ -169,8 +169,36 @@ def choose(train: ml_collections.ConfigDict, *, remat: bool, rows_per_shard: int
     return fit
 
 
+def _compile_or_refusal(compile_step: Callable[[Setting], Any], setting: Setting
+                        ) -> tuple[Any | None, int]:
+    """(compiled step, its bytes per device), or (None, the bytes the compiler said it needed)
+    when the compiler itself refuses the program: XLA's TPU compiler knows the chip's HBM and
+    fails with RESOURCE_EXHAUSTED instead of returning a program that does not fit."""
+    try:
+        compiled = compile_step(setting)
+    except Exception as error:  # jax.errors.JaxRuntimeError; other errors are re-raised
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        return None, refused_bytes(str(error))
+    return compiled, step_bytes(compiled)
+
+
+def refused_bytes(message: str) -> int:
+    """What a RESOURCE_EXHAUSTED compile error says the program needs ("... the total memory
+    required for HLO temporaries (50.34G) exceeds available HBM (15.75G)"; XLA's G is GiB), or
+    2**62 when it names no size (then only "does not fit" is known)."""
+    match = re.search(r"required[^(]*\(([\d.]+)([KMGT])\)", message)
+    if not match:
+        return 2**62
+    return int(float(match.group(1)) * 1024.0 ** "KMGT".index(match.group(2)) * 1024)
+
+
 def _nothing_fits(what: str, tried: list[tuple[Setting, int, float]], usable: int) -> str:
-    needs = "; ".join(f"{s.describe()}: {b / GIB:.1f} GiB" for s, b, _ in tried)
+    needs = "; ".join(f"{s.describe()}: {_gib(b)}" for s, b, _ in tried)
     return (f"{what} does not fit {usable / GIB:.1f} GiB per device with any setting tried "
             f"({needs}); use more devices or shard weights over them (mesh.shape with fsdp), "
             f"or lower train.global_batch_size or data.seq_len")
+
+
+def _gib(n_bytes: int) -> str:
+    return "more than the device (the compiler refused it)" if n_bytes >= 2**62 else f"{n_bytes / GIB:.1f} GiB"
