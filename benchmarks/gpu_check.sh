@@ -7,7 +7,8 @@
 # 1. device, driver, jax and cuDNN versions; 2. attention parity: every kernel this GPU can run
 # (cuDNN, the Pallas Triton kernel, chunked) vs XLA, unpacked and packed (outputs and gradients); 3. predicted (AOT memory_analysis) vs measured peak_bytes_in_use of the train step;
 # 4. train_throughput at seq 2048 in bf16 (step ms, MFU, compile s) from d256-l6 to d2048-l20,
-# and packed rows (segment ids: the Pallas Triton kernel) at the largest size;
+# and packed rows (segment ids: the Pallas Triton kernel) at the largest size; 4c. packed
+# runs (benchmarks/packed_throughput.py: K small models vmapped into one step) at d16-d256;
 # 5. loader tokens/s at seq 2048; 6. a smoke run killed with -9 after a checkpoint, resumed, and
 # compared with an uninterrupted run. Everything is also written to OUT_DIR/gpu_check.log.
 set -euo pipefail
@@ -55,6 +56,9 @@ $py benchmarks/train_throughput.py --sizes=$sizes --seq_len=$seq --batch=$batch 
 echo "== 4b. packed rows (8 segments per row: the triton kernel on GPU) vs unpacked, $big"
 $py benchmarks/train_throughput.py --sizes=$big --seq_len=$seq --batch=$batch --dtype=$dtype \
   --steps=5 --pack 2>&1 | quiet
+
+echo "== 4c. packed runs: 4 same-shape small models in one vmapped step vs one at a time"
+$py benchmarks/packed_throughput.py --sizes=d16-l1,d64-l2,d128-l3,d256-l4 --runs=4 --rounds=10 2>&1 | quiet
 
 echo "== 5. loader at seq $seq"
 $py benchmarks/bench_loader.py --seq_len=$seq --batch_size=$batch --seconds=3 2>&1 | quiet

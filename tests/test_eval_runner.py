@@ -78,6 +78,9 @@ def test_evaluate_writes_results_predictions_and_summary(run_dir):
     for task in results:
         assert 0 <= results[task]["zero_shot"]["capped_share"] <= 1
         assert results[task]["zero_shot"]["token_cap_max"] <= 8
+        # This task's own share of the sampler's phase clocks (the sampler serves every task).
+        phases = [results[task]["zero_shot"][f"rollout_{p}_s"] for p in ("prefill", "refill", "decode", "host")]
+        assert min(phases) >= 0 and 0 < sum(phases) <= results[task]["zero_shot"]["rollout_s"]
     summary = json.loads((path / "summary.json").read_text())
     assert summary["run_name"] == "run" and summary["evaluation"]["builtin"] == json.loads(json.dumps(results))
     out = path / "evaluation" / "builtin"
@@ -103,7 +106,7 @@ def test_evaluate_writes_results_predictions_and_summary(run_dir):
 
 def _comparable(results: dict) -> dict:
     """Results without wall-clock fields."""
-    return {task: {m: {k: v for k, v in r.items() if k not in ("rollout_s", "generated_tokens_per_s")}
+    return {task: {m: {k: v for k, v in r.items() if not k.startswith("rollout_") and k != "generated_tokens_per_s"}
                    for m, r in methods.items()} for task, methods in results.items()}
 
 

@@ -263,17 +263,18 @@ class Predictors:
                   cases: tasks.Cases, prompts: np.ndarray, valid: np.ndarray) -> dict:
         caps = zero_shot.token_caps(cases.budget_days(rule, self.budget.stay_days),
                                     self.budget.tokens_per_day, self.settings.max_new_tokens)
-        t0 = time.perf_counter()
+        t0, phases_before = time.perf_counter(), dict(self.sampler.timings)
         rollouts = self.sampler.run(prompts, valid, cases.horizon_seconds(rule), token_rule,
                                     seed=self.settings.seed, cap_C=caps)
         seconds = time.perf_counter() - t0
+        phases = {f"rollout_{phase}": s - phases_before.get(phase, 0.0) for phase, s in self.sampler.timings.items()}
         capped = rollouts.capped_share
         extra = {"num_rollouts": self.settings.num_rollouts,
                  "mean_new_tokens": float(rollouts.new_tokens_CxR.mean()),
                  "token_cap_median": int(np.median(caps)), "token_cap_max": int(caps.max()),
                  "tokens_per_day": self.budget.tokens_per_day,
                  "capped_share": capped, "capped_share_high": capped > CAPPED_SHARE_LIMIT,
-                 "rollout_s": seconds,
+                 "rollout_s": seconds, **phases,
                  "generated_tokens_per_s": float(rollouts.new_tokens_CxR.sum() / max(seconds, 1e-9))}
         if self.trajectories is not None and jax.process_index() == 0:
             directory, tokenizer = self.trajectories
