@@ -25,8 +25,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config = config_files.load_sibling(__file__)
     # Tiny models need a compact vocabulary (embedding + head would outweigh the blocks), short
     # windows and small batches (enough optimizer steps in a 6e10-FLOP run).
-    # Tiny models need a compact vocabulary (embedding + head would outweigh the blocks), short
-    # windows and small batches (enough optimizer steps in a 6e10-FLOP run).
     config.data.synthetic_subjects = 3000  # 4.7M train tokens: every grid point sees < 1.4 epochs
     config.data.min_code_count = 100  # ~610 tokens: embeddings do not dwarf the blocks
     config.data.seq_len = 128
@@ -60,6 +58,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # block), so C ~ 6 N D holds for the total count and not for the non-embedding one (off by
     # 1.3x at d64-l2 and 4x at d8-l1): fit in total N.
     config.grid.analysis_n = "total"
+    # XLA:CPU runs these tiny models' matmuls on one core: two sweep processes train two runs at
+    # a time on a 2-core laptop (each run still trains once, under its run dir's lock).
+    config.grid.workers = 2
     if preset == "tiny":
         config.data.synthetic_subjects = 200
         config.train.schedule = "cosine"  # four independent runs: kill-and-rerun checks resume one
@@ -69,6 +70,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         config.grid.max_epochs = 50.0
         config.grid.min_sizes = 0
         config.grid.analysis = False  # two sizes per budget: no parabola to fit
+        config.grid.workers = 1  # one process: kill-and-rerun checks follow one sweep's log
     elif preset in ("wsd_check", "wsd_check_cosine"):
         # Cooldown branches against independent cosine runs of the same (N, D) points:
         #   python -m ehr_jax.main --config=configs/quickstart.py:wsd_check --workdir=runs/wsd

@@ -84,6 +84,7 @@ RULES: dict[str, Rule] = {
     "grid.sizes_per_budget": _at_least(1),
     "grid.tokens_per_param": ((lambda v: v > 0), "> 0"),
     "grid.min_steps": _at_least(0),
+    "grid.workers": _at_least(1),
     "grid.min_sizes": _at_least(0),
     "grid.max_epochs": _at_least(0),
     "grid.analysis_n": ((lambda v: v in ("non_embedding", "total")), "'non_embedding' or 'total'"),

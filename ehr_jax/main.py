@@ -115,8 +115,15 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str
     from ehr_jax.train import trainer
 
     evaluate_fn = evaluation.evaluate if config.eval.enabled else None
-    outcome = sweep.run(config, workdir, prepared_dir, trainer.run, evaluate_fn, dry_run=dry_run,
-                        command_line=command_line)
+    helpers = [] if dry_run or config.grid.dry_run else sweep.workers.start(
+        config, workdir, prepared_dir, command_line)
+    try:
+        outcome = sweep.run(config, workdir, prepared_dir, trainer.run, evaluate_fn,
+                            dry_run=dry_run, command_line=command_line)
+    except BaseException:
+        sweep.workers.stop(helpers)
+        raise
+    sweep.workers.wait(helpers, workdir)
     if "commands" in outcome:
         return outcome
     if config.grid.analysis and not config.grid.only and jax.process_index() == 0:

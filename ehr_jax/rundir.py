@@ -57,8 +57,8 @@ IGNORED_KEYS = ("data.num_workers", "model.remat", "model.attention", "mesh.shap
                 "train.log_every", "train.eval_every", "train.checkpoint_every",
                 "train.keep_checkpoints", "train.keep_steps", "train.profile_steps",
                 "train.memory_fit", "train.grad_accum_steps", "train.device_memory_gib",
-                "eval.enabled", "grid.only", "grid.dry_run", "grid.analysis", "grid.analysis_n",
-                "grid.compilation_cache")
+                "eval.enabled", "grid.only", "grid.dry_run", "grid.workers", "grid.analysis",
+                "grid.analysis_n", "grid.compilation_cache")
 # Keys a rerun may change with --allow_changes=KEY (or a group: eval, grid): evaluation settings
 # (runs already evaluated keep their results) and the grid (runs of one (budget, size) are the
 # same run in either grid, so a larger grid extends the study).

@@ -400,8 +400,9 @@ def test_wsd_sweep_trains_stable_runs_then_branches_and_resumes(tmp_path):
     config = _wsd(budgets=(1e11, 2e11))
     trainer = FakeTrainer()
     _run(config, tmp_path, trainer)
-    assert trainer.calls == ["stable-d32-l1", "c1e11-d32-l1", "c2e11-d32-l1",
-                             "stable-d48-l2", "c1e11-d48-l2", "c2e11-d48-l2"]
+    # The costliest stable run first (sweep processes sharing the workdir end together).
+    assert trainer.calls == ["stable-d48-l2", "c1e11-d48-l2", "c2e11-d48-l2",
+                             "stable-d32-l1", "c1e11-d32-l1", "c2e11-d32-l1"]
     stable = trainer.configs["stable-d32-l1"]
     branch = trainer.configs["c1e11-d32-l1"]
     assert "grid_point" not in stable and stable.train.cooldown_frac == 0.0
@@ -418,7 +419,7 @@ def test_wsd_sweep_trains_stable_runs_then_branches_and_resumes(tmp_path):
     # A larger budget: the stable runs continue (from their last checkpoint) to the new step.
     grown = FakeTrainer()
     _run(_wsd(budgets=(1e11, 2e11, 4e11)), tmp_path, grown)
-    assert grown.calls == ["stable-d32-l1", "c4e11-d32-l1", "stable-d48-l2", "c4e11-d48-l2"]
+    assert grown.calls == ["stable-d48-l2", "c4e11-d48-l2", "stable-d32-l1", "c4e11-d32-l1"]
     assert grown.configs["stable-d32-l1"].train.steps > stable.train.steps
     assert len(_result_names(tmp_path)) == 6
 

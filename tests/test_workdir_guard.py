@@ -204,3 +204,25 @@ def test_sweeps_started_together_and_20s_apart_train_every_run_once(tmp_path):
                  (workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()
                  if "loss" in json.loads(line)]
         assert steps == sorted(set(steps)), name
+
+
+@pytest.mark.slow
+def test_grid_workers_share_the_grid_and_train_every_run_once(tmp_path):
+    """config.grid.workers=2: the sweep starts one more process on the same workdir; together
+    they train each of the 4 runs once, the worker's log is kept, and the first process records
+    every run (it waits for the worker's) before it exits."""
+    workdir = tmp_path / "sweep"
+    args = ["--config=configs/quickstart.py:tiny", f"--workdir={workdir}", "--config.grid.workers=2",
+            "--config.data.synthetic_subjects=60", "--config.grid.budgets=(3e9,6e9)",
+            "--config.grid.min_steps=5", "--config.train.eval_tokens=2048"]
+    done = subprocess.run([sys.executable, "-m", "ehr_jax.main", *args], cwd=train_fixtures.REPO,
+                          env=train_fixtures.child_env(1), capture_output=True, text=True, timeout=900)
+    worker_log = (workdir / "workers" / "worker-1.log").read_text()
+    assert done.returncode == 0, done.stderr[-3000:] + worker_log[-3000:]
+    texts = [done.stderr, worker_log]
+    trained = [[line.split(": C=")[0].split()[-1] for line in t.splitlines()
+                if "Sweep run " in line and ": C=" in line and "skipping" not in line] for t in texts]
+    names = _result_names(workdir)
+    assert len(names) == 4 == len(set(names)) and sorted(trained[0] + trained[1]) == sorted(names)
+    assert trained[0] and trained[1]  # both processes trained
+    assert "worker 2 of 2 started" in done.stderr and "Traceback" not in "".join(texts)

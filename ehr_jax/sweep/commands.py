@@ -18,12 +18,20 @@ LAUNCH_OWNED_KEYS = ("grid.dry_run", "grid.only", "data.prepared_dir")
 def launch_command(name: str, workdir: str, prepared_dir: str, config_file: str,
                    overrides: dict) -> str:
     """The `ehr_jax.main` command that trains one run of this sweep (same grid, grid.only=name)."""
-    args = ["python", "-m", "ehr_jax.main", f"--config={config_file}", f"--workdir={workdir}"]
-    for key, value in overrides.items():
-        if key not in LAUNCH_OWNED_KEYS:
-            args.append(f"--config.{key}={value}")
-    args += [f"--config.data.prepared_dir={prepared_dir}", f"--config.grid.only={name}"]
+    args = sweep_args("python", workdir, config_file, overrides,
+                      {"data.prepared_dir": prepared_dir, "grid.only": name})
     return " ".join(shlex.quote(a) for a in args)
+
+
+def sweep_args(python: str, workdir: str, config_file: str, overrides: dict,
+               owned: dict[str, object]) -> list[str]:
+    """argv of `python -m ehr_jax.main` for this sweep's config and overrides, with the keys in
+    `owned` (and LAUNCH_OWNED_KEYS) set by the caller instead of repeated."""
+    args = [python, "-m", "ehr_jax.main", f"--config={config_file}", f"--workdir={workdir}"]
+    for key, value in overrides.items():
+        if key not in LAUNCH_OWNED_KEYS and key not in owned:
+            args.append(f"--config.{key}={value}")
+    return args + [f"--config.{key}={value}" for key, value in owned.items()]
 
 
 def print_commands(names: list[str], workdir: str, prepared_dir: str, config_file: str,

@@ -75,6 +75,7 @@ def default_grid() -> ml_collections.ConfigDict:
     grid.max_epochs = 4.0  # leave out runs passing over the train split more often (0: no cap)
     grid.only = ""  # comma-separated run names to train ("" all): one run per launcher job
     grid.dry_run = False  # print one `ehr_jax.main` command per run instead of training
+    grid.workers = 1  # sweep processes on this host, each training one run at a time (CPU grids)
     grid.analysis = True  # fit the scaling laws and plot into <workdir>/analysis at the end
     grid.analysis_n = "non_embedding"  # model size N the fits use: non_embedding or total (analysis.results.N_KEYS)
     grid.compilation_cache = True  # reuse XLA compiles across runs and reruns (<workdir>/jax_cache)

@@ -122,11 +122,12 @@ def _plan(config: ml_collections.ConfigDict, workdir: str, prepared_dir: str
 
 
 def _jobs(points: list[grid_lib.GridRun], stables: list[grid_lib.StableRun]) -> list:
-    """Points in grid order; with stable runs, each stable run followed by its branches."""
+    """Points in grid order; with stable runs, each stable run followed by its branches, the
+    costliest stable run first (sweeps sharing a workdir then finish close together)."""
     if not stables:
         return list(points)
     jobs = []
-    for stable in stables:
+    for stable in sorted(stables, key=lambda s: -s.cost):
         jobs.append(stable)
         jobs += [p for p in points if p.stable == stable.name]
     return jobs
