@@ -127,7 +127,9 @@ def _check_pip(flags: list[str]) -> None:
     constraints = flags[flags.index("-c") + 1]
     assert os.path.exists(os.path.join(REPO, constraints)), constraints
     target = flags[flags.index("-e") + 1]
-    extras = re.match(r"\.\[(.*)\]", target).group(1).split(",")
+    match = re.fullmatch(r"\.(?:\[(.*)\])?", target)
+    assert match, f"pip install -e {target}: expected . or .[extra,...]"
+    extras = match.group(1).split(",") if match.group(1) else []
     setup = open(os.path.join(REPO, "setup.py")).read()
     assert all(f'"{extra}":' in setup for extra in extras), extras
 
