@@ -83,22 +83,29 @@ def _mesh(devices):
                              axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
-def measure(size_name: str, mesh) -> dict:
-    """Compile the train step for abstract (sharded) state and batch; read its memory use."""
-    import jax
-    import numpy as np
-
-    from ehr_jax import config_files, parallel
-    from ehr_jax.model import init as model_init
+def _config(size_name: str):
+    """configs/base.py with this benchmark's flags, and the ModelConfig they resolve to."""
+    from ehr_jax import config_files
     from ehr_jax.model import transformer
-    from ehr_jax.train import optim, trainer
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
     config.model.size, config.model.dtype, config.model.remat = size_name, _DTYPE.value, _REMAT.value
     config.model.attention, config.model.scan_layers = _ATTENTION.value, _SCAN.value
     config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
-    model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
+    return config, transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
+
+
+def measure(size_name: str, mesh) -> dict:
+    """Compile the train step for abstract (sharded) state and batch; read its memory use."""
+    import jax
+    import numpy as np
+
+    from ehr_jax import parallel
+    from ehr_jax.model import init as model_init
+    from ehr_jax.train import optim, trainer
+
+    config, model_cfg = _config(size_name)
     plan = trainer.make_plan(config, model_cfg)
     tx = optim.make_optimizer(config.train)
     graphdef, abstract_state = model_init.abstract(model_cfg, mesh, tx)
@@ -152,18 +159,11 @@ def _execute(model_cfg, tx, mesh, compiled, schedule_inputs: dict) -> int | None
 
 def choose(size_name: str, mesh) -> None:
     """The trainer's pre-flight for this size: every setting it compiles, and its choice."""
-    from ehr_jax import config_files
     from ehr_jax.errors import ConfigError
-    from ehr_jax.model import transformer
     from ehr_jax.train import optim, trainer
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config = config_files.load_sibling(os.path.join(repo, "configs", "base.py"))
-    config.model.size, config.model.dtype, config.model.remat = size_name, _DTYPE.value, _REMAT.value
-    config.model.attention, config.model.scan_layers = _ATTENTION.value, _SCAN.value
-    config.data.seq_len, config.train.global_batch_size = _SEQ_LEN.value, _BATCH.value
+    config, model_cfg = _config(size_name)
     config.train.device_memory_gib = _DEVICE_GIB.value
-    model_cfg = transformer.model_config(config.model, _VOCAB.value, _SEQ_LEN.value)
     plan = trainer.make_plan(config, model_cfg)
     settings = optim.static_settings(config.train, optim.make_schedule(config.train, 1e-3, 10))
     try:
